@@ -1,0 +1,266 @@
+"""Command line: argument definitions, and main(argv) -> int, the one place failures become exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .errors import ExitCode, GrpcProbeError, UsageError, most_severe
+from .output import Environment
+
+SUBCOMMANDS = ("sandbox",)
+PROBE_KINDS = ("readiness", "liveness", "startup")
+
+EXIT_CODES_HELP = """\
+exit codes:
+  0    every probe succeeded (SERVING)
+  1    bad invocation, or the pod has nothing to probe
+  2    could not reach the server: API error, pod not running, tunnel or connect failure
+  3    the Check RPC failed: Unimplemented, NotFound (unknown service), deadline, other codes
+  4    the server answered, but not SERVING
+  130  interrupted (Ctrl-C)
+  With several probes the most severe wins, in the order 1, 2, 3, 4, 0.
+
+A pod named like a subcommand (sandbox) is reached as pod/NAME.
+"""
+
+EXAMPLES = """\
+examples:
+  # Run every gRPC probe of a pod, as the kubelet would
+  kubectl grpcprobe test-grpc
+
+  # Only the readiness probe of one container, with timings
+  kubectl grpcprobe test-grpc -c agnhost --probe readiness -o wide
+
+  # A pod with no gRPC probe: check port 5000 for two services
+  kubectl grpcprobe my-pod --port 5000 --service "" --service my.pkg.Greeter
+
+  # JSON for scripts
+  kubectl grpcprobe test-grpc -o json
+"""
+
+
+class _Exit(Exception):
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports errors as UsageError (exit 1) instead of calling sys.exit."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"error: {message}\nSee '{self.prog} --help' for usage.")
+
+    def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
+        if message:
+            sys.stderr.write(message)
+        raise _Exit(status)
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}: must be a number between 1 and 65535") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {value}: must be between 1 and 65535, inclusive")
+    return value
+
+
+def _duration(text: str) -> int:
+    from .gostr import parse_duration
+
+    try:
+        value = parse_duration(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (use e.g. 1s, 1500ms or a number of seconds)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must be greater than zero")
+    return value
+
+
+def _request_timeout(text: str) -> int:
+    from .gostr import parse_duration
+
+    try:
+        value = parse_duration(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (use e.g. 5s, 1m or a number of seconds)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must not be negative")
+    return value
+
+
+def _kinds(text: str) -> list[str]:
+    kinds = [k.strip().lower() for k in text.split(",") if k.strip()]
+    for kind in kinds:
+        if kind not in PROBE_KINDS:
+            raise argparse.ArgumentTypeError(f"invalid probe kind {kind!r} (choose from {', '.join(PROBE_KINDS)})")
+    return kinds
+
+
+def add_connection_flags(parser: argparse.ArgumentParser) -> None:
+    """kubectl's global flags: kubectl passes none of them to plugins, so we take our own."""
+    group = parser.add_argument_group("cluster connection (as kubectl)")
+    group.add_argument("--kubeconfig", metavar="PATH", help="path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)")
+    group.add_argument("--context", help="the kubeconfig context to use")
+    group.add_argument("--cluster", help="the kubeconfig cluster to use")
+    group.add_argument("--user", help="the kubeconfig user to use")
+    group.add_argument("-n", "--namespace", help="the namespace (default: the context's, else default)")
+    group.add_argument(
+        "--request-timeout",
+        type=_request_timeout,
+        default=30 * 10**9,
+        metavar="DURATION",
+        help="how long to wait for each API server request (e.g. 5s; 0 = no limit; default 30s)",
+    )
+    group.add_argument("--as", dest="impersonate", metavar="USER", help="user to impersonate")
+    group.add_argument("--as-group", dest="impersonate_groups", action="append", default=[], metavar="GROUP", help="group to impersonate (repeatable)")
+
+
+def probe_parser() -> Parser:
+    parser = Parser(
+        prog="kubectl grpcprobe",
+        usage="kubectl grpcprobe [flags] POD\n       kubectl grpcprobe sandbox up [-f MANIFEST] [--kubeconfig-out PATH]",
+        description=(
+            "Run a pod's gRPC probes exactly as the kubelet does - same service, user agent, single deadline, "
+            "plaintext, fresh connection - through a port-forward via the API server, and print the kubelet's verdict."
+        ),
+        epilog=EXAMPLES + "\n" + EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("pod", metavar="POD", help="the pod: NAME or pod/NAME")
+    sel = parser.add_argument_group("what to probe")
+    sel.add_argument("-c", "--container", help="only this container's probes")
+    sel.add_argument(
+        "--probe",
+        dest="kinds",
+        type=_kinds,
+        action="append",
+        metavar="KIND",
+        help="only these probe kinds: readiness, liveness, startup (repeatable or comma list)",
+    )
+    sel.add_argument("--port", type=_port, help="check this port directly (ad hoc; beyond the pod's own probes)")
+    sel.add_argument(
+        "--service",
+        dest="services",
+        action="append",
+        metavar="NAME",
+        help='the gRPC service to check (repeatable: one check per service; default: the probe\'s, or "")',
+    )
+    sel.add_argument("--timeout", type=_duration, metavar="DURATION", help="override the probe's timeoutSeconds (e.g. 1s, 1500ms)")
+    sel.add_argument("--user-agent", metavar="UA", help="user agent to send (default: kube-probe/<cluster major.minor>)")
+    out = parser.add_argument_group("output")
+    out.add_argument("-o", "--output", choices=("text", "wide", "json"), default="text", help="text (default), wide or json")
+    out.add_argument("-q", "--quiet", action="store_true", help="print nothing; the exit code tells")
+    parser.add_argument("--version", action="version", version=f"kubectl-grpcprobe {__version__}")
+    add_connection_flags(parser)
+    return parser
+
+
+def sandbox_parser() -> Parser:
+    parser = Parser(
+        prog="kubectl grpcprobe sandbox",
+        description="A small Kubernetes API server on 127.0.0.1 with simulated pods, to try the plugin without a cluster.",
+    )
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True, parser_class=Parser)
+    up = sub.add_parser("up", help="start the sandbox and run until Ctrl-C or SIGTERM")
+    up.add_argument("-f", "--filename", dest="manifests", action="append", default=[], metavar="MANIFEST", help="YAML manifests to create at start (repeatable)")
+    up.add_argument("--kubeconfig-out", metavar="PATH", help="where to write the sandbox's kubeconfig (default: a temporary file)")
+    return parser
+
+
+def _first_positional(argv: Sequence[str], parser: argparse.ArgumentParser) -> str | None:
+    takes_value = {
+        opt for action in parser._actions if action.nargs != 0 for opt in action.option_strings
+    }
+    skip = False
+    for token in argv:
+        if skip:
+            skip = False
+            continue
+        if token == "--":
+            return None
+        if token.startswith("-"):
+            if "=" not in token and token in takes_value:
+                skip = True
+            continue
+        return token
+    return None
+
+
+def run(argv: Sequence[str], env: Environment) -> int:
+    parser = probe_parser()
+    command = _first_positional(argv, parser)
+    if command in SUBCOMMANDS:
+        rest = list(argv)
+        rest.remove(command)
+        from . import sandbox_cli
+
+        return sandbox_cli.run(sandbox_parser().parse_args(rest), env)
+    args = parser.parse_args(argv)
+    return probe_command(args, env)
+
+
+def probe_command(args: argparse.Namespace, env: Environment) -> int:
+    from . import kubeconfig
+    from .kubeapi import KubeClient
+    from .output import render
+    from .runner import ProbeOptions, probe_pod
+
+    pod = args.pod
+    if "/" in pod:
+        kind, _, pod = pod.partition("/")
+        if kind not in ("pod", "pods", "po") or not pod:
+            raise UsageError(f"error: {args.pod!r} is not a pod (use NAME or pod/NAME)")
+    cfg = kubeconfig.load(
+        kubeconfig.Overrides(
+            kubeconfig=args.kubeconfig,
+            context=args.context,
+            cluster=args.cluster,
+            user=args.user,
+            namespace=args.namespace,
+            impersonate=args.impersonate,
+            impersonate_groups=args.impersonate_groups,
+        )
+    )
+    client = KubeClient(cfg, request_timeout=args.request_timeout / 1e9 if args.request_timeout else None)
+    try:
+        options = ProbeOptions(
+            container=args.container,
+            kinds=[k for group in args.kinds for k in group] if args.kinds else None,
+            port=args.port,
+            services=args.services,
+            timeout_ns=args.timeout,
+            user_agent=args.user_agent,
+        )
+        reports = probe_pod(client, cfg.namespace, pod, options)
+    finally:
+        client.close()
+    render(reports, "quiet" if args.quiet else args.output, env)
+    return int(most_severe([r.exit_code for r in reports]))
+
+
+def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> int:
+    """Run the CLI; every failure a user can meet ends here as one line on stderr and an exit code."""
+    env = env or Environment()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return run(argv, env)
+    except _Exit as exc:
+        return exc.code
+    except GrpcProbeError as exc:
+        env.stderr.write(str(exc).rstrip("\n") + "\n")
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        env.stderr.write("error: interrupted\n")
+        return int(ExitCode.INTERRUPTED)
+    except BrokenPipeError:
+        return int(ExitCode.OK)
+
+
+def main_entry() -> None:
+    """Console-script entry point."""
+    raise SystemExit(main())

@@ -1,0 +1,203 @@
+"""The kubelet's gRPC probe (pkg/probe/grpc/grpc.go), as a function that returns a value.
+
+Same check, same words: plaintext, `kube-probe/<major>.<minor>` user agent, empty metadata, a new
+connection, a blocking dial, and ONE deadline of the probe's timeout over dial and RPC together.
+Every outcome is a ProbeResult; nothing here raises for a health outcome.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from enum import Enum
+
+from . import gostr
+from .errors import ExitCode
+
+# grpc.health.v1.HealthCheckResponse.ServingStatus, with the names Go's String() prints.
+SERVING_STATUS = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
+CHECK_METHOD = "/grpc.health.v1.Health/Check"
+
+
+class Outcome(Enum):
+    HEALTHY = "healthy"  # SERVING
+    UNHEALTHY = "unhealthy"  # answered, not SERVING
+    RPC_FAILED = "rpc-failed"  # the RPC ended with a status other than OK
+    UNREACHABLE = "unreachable"  # no connection before the deadline
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return {
+            Outcome.HEALTHY: ExitCode.OK,
+            Outcome.UNHEALTHY: ExitCode.UNHEALTHY,
+            Outcome.RPC_FAILED: ExitCode.RPC_FAILED,
+            Outcome.UNREACHABLE: ExitCode.UNREACHABLE,
+        }[self]
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    outcome: Outcome
+    output: str  # the kubelet's probe output, byte for byte
+    status: str | None = None  # ServingStatus name when the server answered
+    code: str | None = None  # Go name of the gRPC status code when the RPC failed
+    connect_ms: float | None = None
+    rpc_ms: float | None = None
+
+    @property
+    def success(self) -> bool:
+        return self.outcome is Outcome.HEALTHY
+
+    @property
+    def result(self) -> str:
+        """probe.Result as the kubelet names it."""
+        return "success" if self.success else "failure"
+
+
+# -- HealthCheckRequest/Response codec ------------------------------------------------------
+# Both messages have one field; hand-encoding them spares every probe the protobuf runtime
+# import. tests/test_probe.py checks the codec against grpc_health's generated messages.
+
+
+def encode_request(service: str) -> bytes:
+    data = service.encode("utf-8", "surrogateescape")
+    if not data:
+        return b""
+    return b"\x0a" + _varint(len(data)) + data
+
+
+def decode_response(data: bytes) -> int:
+    """The `status` field (1, varint) of a HealthCheckResponse; unknown fields skipped."""
+    status = 0
+    pos = 0
+    while pos < len(data):
+        key, pos = _read_varint(data, pos)
+        field_number, wire_type = key >> 3, key & 7
+        if wire_type == 0:
+            value, pos = _read_varint(data, pos)
+            if field_number == 1:
+                status = value if value < 1 << 31 else value - (1 << 64)
+        elif wire_type == 1:
+            pos += 8
+        elif wire_type == 2:
+            length, pos = _read_varint(data, pos)
+            pos += length
+        elif wire_type == 5:
+            pos += 4
+        else:
+            raise ValueError(f"unsupported wire type {wire_type}")
+        if pos > len(data):
+            raise ValueError("truncated message")
+    return status
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError("truncated varint")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+
+
+def status_name(value: int) -> str:
+    return SERVING_STATUS.get(value, str(value))
+
+
+# -- the check --------------------------------------------------------------------------------
+
+
+def check(
+    target: str,
+    *,
+    service: str,
+    timeout_ns: int,
+    user_agent: str,
+    address: str | None = None,
+) -> ProbeResult:
+    """One probe execution against `target` (host:port grpcio dials).
+
+    `address` is what the kubelet would have dialled (podIP:port) and is what messages show;
+    it also becomes the HTTP/2 :authority, as the kubelet's would be.
+    """
+    import grpc
+
+    address = address or target
+    timeout = gostr.duration(timeout_ns)
+    deadline = time.monotonic() + timeout_ns / 1e9
+    options = [
+        ("grpc.primary_user_agent", user_agent),
+        ("grpc.default_authority", address),
+        # A fresh connection per probe: no subchannel sharing with other channels in this process.
+        ("grpc.use_local_subchannel_pool", 1),
+        ("grpc.enable_retries", 0),
+        # The kubelet's probe dialer ignores proxy variables; grpcio would honour them.
+        ("grpc.enable_http_proxy", 0),
+    ]
+    started = time.perf_counter()
+    channel = grpc.insecure_channel(target, options=options)
+    try:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=max(0.0, deadline - time.monotonic()))
+        except grpc.FutureTimeoutError:
+            return ProbeResult(
+                Outcome.UNREACHABLE,
+                f"timeout: failed to connect service {gostr.quote(address)} within {timeout}: context deadline exceeded",
+            )
+        connected = time.perf_counter()
+        connect_ms = (connected - started) * 1000
+        rpc = channel.unary_unary(CHECK_METHOD, request_serializer=encode_request, response_deserializer=decode_response)
+        remaining = deadline - time.monotonic()
+        try:
+            if remaining <= 0:
+                raise _DeadlineBeforeRpc()
+            value = rpc(service, timeout=remaining, metadata=())
+        except _DeadlineBeforeRpc:
+            return ProbeResult(
+                Outcome.RPC_FAILED, f"timeout: health rpc did not complete within {timeout}", code="DeadlineExceeded", connect_ms=connect_ms
+            )
+        except grpc.RpcError as err:
+            rpc_ms = (time.perf_counter() - connected) * 1000
+            code = err.code()
+            details = err.details() or ""
+            name = gostr.grpc_code_name(code.value[0])
+            if code is grpc.StatusCode.UNIMPLEMENTED:
+                output = f"error: this server does not implement the grpc health protocol (grpc.health.v1.Health): {details}"
+            elif code is grpc.StatusCode.DEADLINE_EXCEEDED:
+                output = f"timeout: health rpc did not complete within {timeout}"
+            else:
+                output = f"error: health rpc probe failed: rpc error: code = {name} desc = {details}"
+            return ProbeResult(Outcome.RPC_FAILED, output, code=name, connect_ms=connect_ms, rpc_ms=rpc_ms)
+        rpc_ms = (time.perf_counter() - connected) * 1000
+        status = status_name(value)
+        if status != "SERVING":
+            return ProbeResult(
+                Outcome.UNHEALTHY,
+                f"service unhealthy (responded with {gostr.quote(status)})",
+                status=status,
+                connect_ms=connect_ms,
+                rpc_ms=rpc_ms,
+            )
+        return ProbeResult(Outcome.HEALTHY, "service healthy", status=status, connect_ms=connect_ms, rpc_ms=rpc_ms)
+    finally:
+        channel.close()
+
+
+class _DeadlineBeforeRpc(Exception):
+    pass

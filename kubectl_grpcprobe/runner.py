@@ -1,0 +1,124 @@
+"""One pod, end to end: read it, resolve its probes, forward each port, run the kubelet's check.
+
+Returns Report values; raises only for failures that leave no per-probe verdict (API errors,
+pod not running, nothing to probe).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import gostr
+from .errors import ExitCode, PodNotRunning
+from .kubeapi import KubeClient
+from .probe import Outcome, ProbeResult, check
+from .resolve import Target, resolve
+
+
+@dataclass
+class ProbeOptions:
+    container: str | None = None
+    kinds: list[str] | None = None
+    port: int | None = None
+    services: list[str] | None = None
+    timeout_ns: int | None = None
+    user_agent: str | None = None
+
+
+@dataclass
+class Report:
+    namespace: str
+    pod: str
+    pod_ip: str
+    target: Target
+    result: ProbeResult
+    timings: dict[str, float] = field(default_factory=dict)  # api, tunnel, connect, rpc, total (ms)
+    diagnostics: list[str] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return gostr.join_host_port(self.pod_ip, self.target.port)
+
+    @property
+    def event(self) -> str:
+        """The kubelet's event text (it records only failures; we say so for successes too)."""
+        verb = "succeeded" if self.result.success else "failed"
+        return f"{self.target.event_word} probe {verb}: {self.result.output}"
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return self.result.outcome.exit_code
+
+
+def pod_ip(pod: dict[str, Any]) -> str:
+    status = pod.get("status") or {}
+    return status.get("podIP") or next((ip.get("ip") for ip in status.get("podIPs") or [] if ip.get("ip")), "") or ""
+
+
+def ensure_running(pod: dict[str, Any]) -> None:
+    phase = (pod.get("status") or {}).get("phase") or "Unknown"
+    if phase != "Running":
+        # kubectl port-forward's own wording: it refuses before opening a tunnel.
+        raise PodNotRunning(f"error: unable to forward port because pod is not running. Current status={phase}")
+
+
+def user_agent_for(client: KubeClient) -> str:
+    version = client.server_version()
+    return f"kube-probe/{version.get('major', '')}.{version.get('minor', '')}"
+
+
+def probe_pod(client: KubeClient, namespace: str, name: str, options: ProbeOptions) -> list[Report]:
+    from .portforward import port_forward
+
+    started = time.perf_counter()
+    pod = client.get_pod(namespace, name)
+    targets = resolve(
+        pod,
+        container=options.container,
+        kinds=options.kinds,
+        port=options.port,
+        services=options.services,
+        timeout_ns=options.timeout_ns,
+    )
+    ensure_running(pod)
+    agent = options.user_agent or user_agent_for(client)
+    api_ms = (time.perf_counter() - started) * 1000
+    ip = pod_ip(pod) or "<none>"
+
+    reports: list[Report] = []
+    by_port: dict[int, list[Target]] = {}
+    for target in targets:
+        by_port.setdefault(target.port, []).append(target)
+    for port, group in by_port.items():
+        with port_forward(client, namespace, name, port, timeout=client.timeout or 30.0) as fwd:
+            for target in group:
+                errors_before = len(fwd.errors)
+                t0 = time.perf_counter()
+                result = check(
+                    f"127.0.0.1:{fwd.local_port}",
+                    service=target.service,
+                    timeout_ns=target.timeout_ns,
+                    user_agent=agent,
+                    address=gostr.join_host_port(ip, target.port),
+                )
+                total_ms = (time.perf_counter() - t0) * 1000
+                report = Report(namespace, name, ip, target, result)
+                report.timings = {"api": api_ms, "tunnel": fwd.setup_ms, "total": total_ms}
+                if result.connect_ms is not None:
+                    report.timings["connect"] = result.connect_ms
+                if result.rpc_ms is not None:
+                    report.timings["rpc"] = result.rpc_ms
+                report.diagnostics = _diagnostics(fwd, errors_before, result)
+                reports.append(report)
+    return reports
+
+
+def _diagnostics(fwd: Any, errors_before: int, result: ProbeResult) -> list[str]:
+    notes = [f"port-forward: {text}" for text in dict.fromkeys(fwd.errors[errors_before:])]
+    if fwd.dropped and not result.success:
+        notes.append("port-forward: the tunnel through the API server was dropped")
+    if result.outcome is Outcome.UNREACHABLE and not notes:
+        notes.append("port-forward: the connection was forwarded but no gRPC (HTTP/2) server answered on it")
+    return notes

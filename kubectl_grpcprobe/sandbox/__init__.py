@@ -1,0 +1,378 @@
+"""A small Kubernetes API server on 127.0.0.1 that real clients accept.
+
+    with Sandbox(["examples/test-grpc.yaml"]) as sandbox:
+        subprocess.run(["kubectl", "--kubeconfig", sandbox.kubeconfig_path, "get", "pods"])
+
+HTTPS with a CA made at start, bearer tokens (an admin and two restricted users), discovery,
+pods/events/namespaces with list, watch and selectors, and pods/portforward over WebSocket to
+containers played by real local servers (see runtime.py). Not a cluster: no scheduler, no
+controllers, no admission beyond probe defaults, no persistence.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import secrets
+import shutil
+import ssl
+import tempfile
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import pods as podlib
+from .forwarding import Faults
+from .runtime import PORTS_ANNOTATION, Runtime
+from .server import ApiError, ApiServer
+from .store import Store
+
+__all__ = ["PORTS_ANNOTATION", "Faults", "Sandbox", "User"]
+
+DEFAULT_VERSION = "1.33.2"
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    token: str = ""
+    groups: tuple[str, ...] = ("system:authenticated",)
+    denied: frozenset[tuple[str, str]] = field(default_factory=frozenset)  # (verb, resource)
+    anonymous: bool = False
+
+
+ANONYMOUS = User("system:anonymous", anonymous=True, groups=("system:unauthenticated",))
+
+
+class Sandbox:
+    """Start with `with Sandbox(...) as sb:` or start()/stop(); nothing is left running after stop()."""
+
+    def __init__(
+        self,
+        manifests: Iterable[str | os.PathLike[str] | dict[str, Any]] = (),
+        *,
+        version: str = DEFAULT_VERSION,
+        kubeconfig_path: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.version = version
+        self.faults = Faults()
+        self.store = Store()
+        self.runtime = Runtime()
+        self._manifests = list(manifests)
+        self._kubeconfig_out = Path(kubeconfig_path) if kubeconfig_path else None
+        self._tmp: str | None = None
+        self._server: ApiServer | None = None
+        self._thread: threading.Thread | None = None
+        self._pod_ips = 0
+        self._lock = threading.Lock()
+        token = secrets.token_urlsafe(24)
+        self.users = {
+            "sandbox-admin": User("sandbox-admin", token=token, groups=("system:masters", "system:authenticated")),
+            "sandbox-no-get-pods": User(
+                "sandbox-no-get-pods",
+                token=secrets.token_urlsafe(24),
+                denied=frozenset({("get", "pods"), ("list", "pods"), ("watch", "pods")}),
+            ),
+            "sandbox-no-portforward": User(
+                "sandbox-no-portforward",
+                token=secrets.token_urlsafe(24),
+                denied=frozenset({("get", "pods/portforward"), ("create", "pods/portforward")}),
+            ),
+        }
+        self._by_token = {u.token: u for u in self.users.values()}
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> Sandbox:
+        from .certs import make_pki
+
+        self._tmp = tempfile.mkdtemp(prefix="grpcprobe-sandbox-")
+        pki = make_pki()
+        self.ca_pem = pki.ca_pem
+        cert_file = Path(self._tmp, "server.crt")
+        key_file = Path(self._tmp, "server.key")
+        cert_file.write_bytes(pki.cert_pem)
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(pki.key_pem)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert_file, key_file)
+        ctx.set_alpn_protocols(["http/1.1"])
+        self._server = ApiServer(self, ctx)
+        host, port = self._server.server_address[:2]
+        self.server_url = f"https://{host}:{port}"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="sandbox-api"
+        )
+        self._thread.start()
+        for ns in ("default", "kube-system", "kube-public", "kube-node-lease"):
+            self._create_namespace(ns)
+        self.kubeconfig_path = str(self._kubeconfig_out or Path(self._tmp, "kubeconfig"))
+        self.write_kubeconfig(self.kubeconfig_path)
+        try:
+            for manifest in self._manifests:
+                self.apply(manifest)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.close_all()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self.store.close()
+        self.runtime.stop_all()
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def __enter__(self) -> Sandbox:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return self._server.server_address[1]
+
+    def version_info(self) -> dict[str, str]:
+        major, minor, *_ = self.version.split(".")
+        return {
+            "major": major,
+            "minor": minor,
+            "gitVersion": f"v{self.version}",
+            "gitCommit": hashlib.sha1(self.version.encode()).hexdigest(),
+            "gitTreeState": "clean",
+            "buildDate": "2025-06-17T00:00:00Z",
+            "goVersion": "go1.24.4",
+            "compiler": "gc",
+            "platform": "linux/amd64",
+        }
+
+    def kubeconfig(self, *, user: str = "sandbox-admin", server: str | None = None) -> dict[str, Any]:
+        import base64
+
+        ca = base64.b64encode(self.ca_pem).decode()
+        contexts = {"sandbox": "sandbox-admin", "sandbox-no-get-pods": "sandbox-no-get-pods", "sandbox-no-portforward": "sandbox-no-portforward"}
+        return {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "sandbox", "cluster": {"server": server or self.server_url, "certificate-authority-data": ca}}],
+            "users": [{"name": u.name, "user": {"token": u.token}} for u in self.users.values()],
+            "contexts": [
+                {"name": name, "context": {"cluster": "sandbox", "user": u, "namespace": "default"}}
+                for name, u in contexts.items()
+            ],
+            "current-context": next(name for name, u in contexts.items() if u == user),
+            "preferences": {},
+        }
+
+    def write_kubeconfig(self, path: str | os.PathLike[str], **kwargs: Any) -> str:
+        import yaml
+
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            yaml.safe_dump(self.kubeconfig(**kwargs), fh, sort_keys=False)
+        return str(path)
+
+    # -- authn / authz ---------------------------------------------------------------------
+
+    def authenticate(self, header: str | None) -> User | None:
+        if not header:
+            return ANONYMOUS
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        return self._by_token.get(token.strip())
+
+    def authorize(self, user: User, verb: str, resource: str, namespace: str | None, name: str | None) -> None:
+        if (verb, resource) not in user.denied:
+            return
+        subject = f'{resource.split("/")[0]} "{name}"' if name else resource.split("/")[0]
+        scope = f'in the namespace "{namespace}"' if namespace else "at the cluster scope"
+        message = f'{subject} is forbidden: User "{user.name}" cannot {verb} resource "{resource}" in API group "" {scope}'
+        details: dict[str, Any] = {"kind": resource.split("/")[0]}
+        if name:
+            details["name"] = name
+        raise ApiError(403, "Forbidden", message, details)
+
+    # -- objects -----------------------------------------------------------------------------
+
+    def _create_namespace(self, name: str) -> dict[str, Any]:
+        obj = {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": name, "uid": secrets.token_hex(16), "creationTimestamp": podlib.now(), "labels": {"kubernetes.io/metadata.name": name}},
+            "spec": {"finalizers": ["kubernetes"]},
+            "status": {"phase": "Active"},
+        }
+        return self.store.create("namespaces", obj)
+
+    def create(self, resource: str, body: dict[str, Any], namespace: str | None, *, dry_run: bool = False) -> dict[str, Any]:
+        """Create as the API server would; pods also get scheduled and started at once."""
+        body = copy.deepcopy(body)
+        if resource == "namespaces":
+            if dry_run:
+                return body
+            return self._create_namespace(body["metadata"]["name"])
+        namespace = namespace or "default"
+        if self.store.get("namespaces", "", namespace) is None:
+            raise ApiError(404, "NotFound", f'namespaces "{namespace}" not found', {"name": namespace, "kind": "namespaces"})
+        if resource == "events":
+            body.setdefault("metadata", {})["namespace"] = namespace
+            return body if dry_run else self.store.create("events", body)
+        podlib.apply_defaults(body, namespace)
+        podlib.validate(body)
+        if dry_run:
+            return body
+        with self._lock:
+            index = self._pod_ips
+            self._pod_ips += 1
+        pod_ip = f"10.244.{index // 253}.{index % 253 + 2}"
+        body["spec"].setdefault("nodeName", podlib.NODE_NAME)
+        body["status"] = podlib.running_status(body, pod_ip)
+        created = self.store.create("pods", body)
+        self.runtime.start(created)
+        self._record_start_events(created)
+        return created
+
+    def delete(self, resource: str, namespace: str, name: str) -> dict[str, Any]:
+        deleted = self.store.delete(resource, namespace, name)
+        if resource == "pods":
+            self.runtime.stop(namespace, name)
+        return deleted
+
+    def apply(self, manifest: str | os.PathLike[str] | dict[str, Any]) -> list[dict[str, Any]]:
+        """Create every object of a manifest (a dict, or a YAML file of one or more documents)."""
+        import yaml
+
+        if isinstance(manifest, dict):
+            docs = [manifest]
+        else:
+            with open(manifest) as fh:
+                docs = [d for d in yaml.safe_load_all(fh) if d]
+        created = []
+        for doc in docs:
+            if doc.get("kind") == "List":
+                for item in doc.get("items") or []:
+                    created += self.apply(item)
+                continue
+            kind = doc.get("kind")
+            resource = {"Pod": "pods", "Namespace": "namespaces", "Event": "events"}.get(kind)
+            if resource is None:
+                raise ValueError(f"the sandbox does not serve kind {kind!r}")
+            ns = (doc.get("metadata") or {}).get("namespace") or "default"
+            if resource != "namespaces" and self.store.get("namespaces", "", ns) is None:
+                self._create_namespace(ns)
+            created.append(self.create(resource, doc, ns))
+        return created
+
+    # -- test controls -----------------------------------------------------------------------
+
+    def pod(self, name: str, namespace: str = "default") -> dict[str, Any]:
+        obj = self.store.get("pods", namespace, name)
+        if obj is None:
+            raise KeyError(f"{namespace}/{name}")
+        return obj
+
+    def update_pod(self, name: str, mutate: Any, namespace: str = "default") -> dict[str, Any]:
+        return self.store.update("pods", namespace, name, mutate)
+
+    def set_phase(self, name: str, phase: str, namespace: str = "default") -> dict[str, Any]:
+        updated = self.update_pod(name, lambda pod: podlib.set_phase(pod, phase), namespace)
+        if phase == "Running":
+            self.runtime.start(updated)
+        else:
+            self.runtime.stop(namespace, name)
+        return updated
+
+    def unschedule(self, name: str, namespace: str = "default") -> dict[str, Any]:
+        def mutate(pod: dict[str, Any]) -> None:
+            pod["spec"].pop("nodeName", None)
+            podlib.set_phase(pod, "Pending")
+            for cond in pod["status"].get("conditions") or []:
+                if cond["type"] == "PodScheduled":
+                    cond["status"] = "False"
+                    cond["reason"] = "Unschedulable"
+
+        updated = self.update_pod(name, mutate, namespace)
+        self.runtime.stop(namespace, name)
+        return updated
+
+    def set_pod_ip(self, name: str, ip: str, namespace: str = "default") -> dict[str, Any]:
+        def mutate(pod: dict[str, Any]) -> None:
+            pod["status"]["podIP"] = ip
+            pod["status"]["podIPs"] = [{"ip": ip}]
+
+        return self.update_pod(name, mutate, namespace)
+
+    def mark_deleting(self, name: str, namespace: str = "default") -> dict[str, Any]:
+        def mutate(pod: dict[str, Any]) -> None:
+            pod["metadata"]["deletionTimestamp"] = podlib.now()
+            pod["metadata"]["deletionGracePeriodSeconds"] = 30
+
+        return self.update_pod(name, mutate, namespace)
+
+    def server_for(self, name: str, container: str, namespace: str = "default") -> Any:
+        """The agnhost server playing a container (None when the container is not agnhost)."""
+        return self.runtime.server(namespace, name, container)
+
+    def record_event(
+        self, pod: dict[str, Any], container: str | None, type_: str, reason: str, message: str, component: str = "kubelet"
+    ) -> dict[str, Any]:
+        """Record an event, aggregating repeats into count/lastTimestamp as the kubelet's recorder does."""
+        meta = pod["metadata"]
+        field_path = ""
+        if container:
+            group = "initContainers" if any(c["name"] == container for c in pod["spec"].get("initContainers") or []) else "containers"
+            field_path = f"spec.{group}{{{container}}}"
+        key = hashlib.sha256(f"{meta['uid']}|{field_path}|{reason}|{message}|{type_}".encode()).hexdigest()[:16]
+        name = f"{meta['name']}.{key}"
+        stamp = podlib.now()
+        existing = self.store.get("events", meta["namespace"], name)
+        if existing is not None:
+
+            def bump(ev: dict[str, Any]) -> None:
+                ev["count"] = ev.get("count", 1) + 1
+                ev["lastTimestamp"] = stamp
+
+            return self.store.update("events", meta["namespace"], name, bump)
+        involved = {"kind": "Pod", "namespace": meta["namespace"], "name": meta["name"], "uid": meta["uid"], "apiVersion": "v1"}
+        if field_path:
+            involved["fieldPath"] = field_path
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": name, "namespace": meta["namespace"], "uid": secrets.token_hex(16), "creationTimestamp": stamp},
+            "involvedObject": involved,
+            "reason": reason,
+            "message": message,
+            "source": {"component": component, "host": podlib.NODE_NAME} if component == "kubelet" else {"component": component},
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+            "type": type_,
+            "eventTime": None,
+            "reportingComponent": component,
+            "reportingInstance": podlib.NODE_NAME if component == "kubelet" else "",
+        }
+        return self.store.create("events", event)
+
+    def _record_start_events(self, pod: dict[str, Any]) -> None:
+        meta = pod["metadata"]
+        self.record_event(
+            pod, None, "Normal", "Scheduled", f"Successfully assigned {meta['namespace']}/{meta['name']} to {podlib.NODE_NAME}", "default-scheduler"
+        )
+        for c in podlib.all_containers(pod):
+            self.record_event(pod, c["name"], "Normal", "Pulled", f'Container image "{c.get("image", "")}" already present on machine')
+            self.record_event(pod, c["name"], "Normal", "Created", f"Created container: {c['name']}")
+            self.record_event(pod, c["name"], "Normal", "Started", f"Started container {c['name']}")

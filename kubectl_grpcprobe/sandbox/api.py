@@ -1,0 +1,196 @@
+"""Routing and the API documents: what the sandbox answers for each path and verb."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from . import pods as podlib
+from . import printers
+from .selectors import field_selector, label_selector
+from .server import ApiError, not_found, status_object
+from .store import Conflict, NotFound
+
+if TYPE_CHECKING:
+    from . import Sandbox, User
+    from .server import Handler
+
+# resource -> (kind, namespaced, short names, verbs)
+CORE_RESOURCES: dict[str, tuple[str, bool, list[str], list[str]]] = {
+    "pods": ("Pod", True, ["po"], ["create", "delete", "get", "list", "watch"]),
+    "events": ("Event", True, ["ev"], ["create", "get", "list", "watch"]),
+    "namespaces": ("Namespace", False, ["ns"], ["create", "get", "list", "watch"]),
+}
+_PATH = re.compile(
+    r"^/api/v1(?:/namespaces/(?P<ns>[^/]+))?/(?P<resource>[a-z]+)(?:/(?P<name>[^/]+))?(?:/(?P<sub>[a-z]+))?$"
+)
+
+
+def discovery_core() -> dict[str, Any]:
+    resources = []
+    for name, (kind, namespaced, short, verbs) in CORE_RESOURCES.items():
+        entry: dict[str, Any] = {
+            "name": name,
+            "singularName": kind.lower(),
+            "namespaced": namespaced,
+            "kind": kind,
+            "verbs": verbs,
+        }
+        if short:
+            entry["shortNames"] = short
+        if name == "pods":
+            entry["categories"] = ["all"]
+        resources.append(entry)
+    resources.append(
+        {"name": "pods/portforward", "singularName": "", "namespaced": True, "kind": "PodPortForwardOptions", "verbs": ["create", "get"]}
+    )
+    resources.append({"name": "pods/status", "singularName": "", "namespaced": True, "kind": "Pod", "verbs": ["get"]})
+    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1", "resources": resources}
+
+
+def route(h: Handler, sandbox: Sandbox, user: User, verb: str, path: str) -> None:
+    if path == "/version":
+        return h._send_json(200, sandbox.version_info())
+    if path in ("/healthz", "/livez", "/readyz"):
+        body = b"ok"
+        h.send_response(200)
+        h.send_header("Content-Type", "text/plain; charset=utf-8")
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.write(body)
+        return None
+    if user.anonymous:
+        raise ApiError(403, "Forbidden", f'forbidden: User "system:anonymous" cannot get path "{path}"')
+    if path == "/api":
+        # Plain APIVersions even when kubectl asks for aggregated discovery (as=APIGroupDiscoveryList):
+        # answering application/json makes it fall back to the legacy documents.
+        host, port = h.server.server_address[:2]
+        return h._send_json(
+            200,
+            {
+                "kind": "APIVersions",
+                "versions": ["v1"],
+                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": f"{host}:{port}"}],
+            },
+        )
+    if path == "/apis":
+        return h._send_json(200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": []})
+    if path == "/api/v1":
+        return h._send_json(200, discovery_core())
+    match = _PATH.match(path)
+    if not match or match["resource"] not in CORE_RESOURCES:
+        raise ApiError(404, "NotFound", "the server could not find the requested resource")
+    resource, ns, name, sub = match["resource"], match["ns"], match["name"], match["sub"]
+    kind, namespaced, _, _ = CORE_RESOURCES[resource]
+    if not namespaced and ns is not None:
+        raise ApiError(404, "NotFound", "the server could not find the requested resource")
+    if sub and resource != "pods":
+        raise ApiError(404, "NotFound", "the server could not find the requested resource")
+
+    if sub == "portforward":
+        if verb not in ("GET", "POST"):
+            raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+        sandbox.authorize(user, "get", "pods/portforward", ns, name)
+        if (h.headers.get("Upgrade") or "").lower() == "websocket":
+            sandbox.authorize(user, "create", "pods/portforward", ns, name)
+        pod = sandbox.store.get("pods", ns, name)
+        if pod is None:
+            raise not_found("pods", name)
+        if not pod["spec"].get("nodeName"):
+            raise ApiError(400, "BadRequest", f"pod {name} does not have a host assigned")
+        if (h.headers.get("Upgrade") or "").lower() != "websocket":
+            raise ApiError(400, "BadRequest", "Upgrade request required")
+        return h.upgrade_portforward(pod, _ports(h))
+    if sub == "status":
+        sandbox.authorize(user, "get", "pods/status", ns, name)
+        pod = sandbox.store.get("pods", ns, name)
+        if pod is None:
+            raise not_found("pods", name)
+        return h._send_json(200, pod)
+    if sub:
+        raise ApiError(404, "NotFound", "the server could not find the requested resource")
+
+    if name is None:
+        if verb in ("GET", "HEAD"):
+            watching = (h.q("watch") or "").lower() in ("true", "1")
+            sandbox.authorize(user, "watch" if watching else "list", resource, ns, None)
+            as_table = "as=Table" in (h.headers.get("Accept") or "")
+            include = h.q("includeObject") or "Metadata"
+            if watching:
+
+                def render(obj: dict[str, Any]) -> dict[str, Any]:
+                    if as_table:
+                        return printers.table(resource, [obj], obj["metadata"]["resourceVersion"], include)
+                    return obj
+
+                return h.stream_watch(resource, ns, render)
+            items, rv = sandbox.store.list(resource, ns)
+            labels = label_selector(h.q("labelSelector"))
+            fields = field_selector(h.q("fieldSelector"))
+            items = [o for o in items if labels(o["metadata"].get("labels") or {}) and fields(o)]
+            if as_table:
+                return h._send_json(200, printers.table(resource, items, rv, include))
+            for item in items:
+                item.pop("kind", None)
+                item.pop("apiVersion", None)
+            return h._send_json(200, {"kind": f"{kind}List", "apiVersion": "v1", "metadata": {"resourceVersion": rv}, "items": items})
+        if verb == "POST":
+            sandbox.authorize(user, "create", resource, ns, None)
+            body = h._read_body()
+            if not isinstance(body, dict) or body.get("kind") not in (kind, None):
+                raise ApiError(400, "BadRequest", f"the body of the request was not a {kind}")
+            body_ns = (body.get("metadata") or {}).get("namespace")
+            if namespaced and body_ns and body_ns != ns:
+                raise ApiError(400, "BadRequest", "the namespace of the provided object does not match the namespace sent on the request")
+            dry_run = bool(h.query.get("dryRun"))
+            try:
+                created = sandbox.create(resource, body, ns, dry_run=dry_run)
+            except podlib.Invalid as exc:
+                raise ApiError(
+                    422,
+                    "Invalid",
+                    str(exc),
+                    {"name": exc.name, "kind": kind, "causes": [{"reason": "FieldValueInvalid", "message": m, "field": f} for f, m in exc.causes]},
+                ) from exc
+            except Conflict as exc:
+                n = body["metadata"]["name"]
+                raise ApiError(409, "AlreadyExists", f'{resource} "{n}" already exists', {"name": n, "kind": resource}) from exc
+            return h._send_json(201, created)
+        raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+
+    store_ns = ns if namespaced else ""
+    if verb in ("GET", "HEAD"):
+        sandbox.authorize(user, "get", resource, ns, name)
+        obj = sandbox.store.get(resource, store_ns, name)
+        if obj is None:
+            raise not_found(resource, name)
+        return h._send_json(200, obj)
+    if verb == "DELETE":
+        sandbox.authorize(user, "delete", resource, ns, name)
+        h._read_body()
+        try:
+            deleted = sandbox.delete(resource, store_ns, name)
+        except NotFound as exc:
+            raise not_found(resource, name) from exc
+        return h._send_json(200, deleted)
+    raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+
+
+def _ports(h: Handler) -> list[int]:
+    ports = []
+    for value in h.query.get("ports") or []:
+        for item in value.split(","):
+            item = item.strip()
+            try:
+                port = int(item)
+            except ValueError:
+                raise ApiError(400, "BadRequest", f'unable to parse "{item}" as a port: invalid syntax') from None
+            if not 1 <= port <= 65535:
+                raise ApiError(400, "BadRequest", f"port {port} must be > 0 and <= 65535")
+            ports.append(port)
+    if not ports:
+        raise ApiError(400, "BadRequest", "at least 1 port must be specified")
+    return ports
+
+
+__all__ = ["route", "status_object"]

@@ -1,0 +1,132 @@
+"""Containers played by real local servers.
+
+A pod gets a "network namespace": a map from container port to a local address. A container whose
+command is `/agnhost grpc-health-checking ...` is served by our agnhost-compatible server bound to
+127.0.0.1:0; the annotation PORTS_ANNOTATION maps any other container port to a host:port of the
+caller's choosing, to put a third-party server behind a pod.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+PORTS_ANNOTATION = "sandbox.kubectl-grpcprobe.io/ports"
+
+
+class RuntimeError_(Exception):  # noqa: N801 - avoid shadowing the builtin
+    pass
+
+
+def agnhost_flags(container: dict[str, Any]) -> list[str] | None:
+    """The flags of an `agnhost grpc-health-checking` container, or None for any other image."""
+    argv = list(container.get("command") or []) + list(container.get("args") or [])
+    if len(argv) < 2 or os.path.basename(argv[0]) != "agnhost" or argv[1] != "grpc-health-checking":
+        return None
+    # Go's flag package accepts -flag as well as --flag.
+    return ["-" + a if a.startswith("-") and not a.startswith("--") and len(a) > 2 else a for a in argv[2:]]
+
+
+def parse_ports_annotation(value: str) -> dict[int, tuple[str, int]]:
+    mapping = {}
+    for item in value.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        port, _, target = item.partition("=")
+        host, _, target_port = target.rpartition(":")
+        mapping[int(port)] = (host.strip("[]") or "127.0.0.1", int(target_port))
+    return mapping
+
+
+@dataclass
+class PodNetwork:
+    sandbox_id: str
+    netns: str
+    ports: dict[int, tuple[str, int]] = field(default_factory=dict)
+    servers: dict[str, Any] = field(default_factory=dict)  # container name -> AgnhostServer
+
+
+class Runtime:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pods: dict[tuple[str, str], PodNetwork] = {}
+
+    def start(self, pod: dict[str, Any]) -> PodNetwork:
+        """Start the pod's containers (idempotent) and return its network."""
+        from ..agnhost import AgnhostServer, parse_args
+
+        meta = pod["metadata"]
+        key = (meta["namespace"], meta["name"])
+        with self._lock:
+            net = self._pods.get(key)
+            if net is None:
+                digest = hashlib.sha256(meta["uid"].encode()).hexdigest()
+                net = PodNetwork(sandbox_id=digest, netns=f"/var/run/netns/cni-{uuid.UUID(digest[:32])}")
+                self._pods[key] = net
+            for container in _all_containers(pod):
+                name = container["name"]
+                flags = agnhost_flags(container)
+                if flags is None or name in net.servers:
+                    continue
+                args = parse_args(flags)
+                server = AgnhostServer(
+                    port=0, http_port=0, service=args.service, delay_unhealthy_sec=args.delay_unhealthy_sec
+                )
+                net.servers[name] = server
+                net.ports[args.port] = ("127.0.0.1", server.port)
+                net.ports[args.http_port] = ("127.0.0.1", server.http_port)
+            annotation = (meta.get("annotations") or {}).get(PORTS_ANNOTATION)
+            if annotation:
+                net.ports.update(parse_ports_annotation(annotation))
+            return net
+
+    def stop(self, namespace: str, name: str) -> None:
+        with self._lock:
+            net = self._pods.pop((namespace, name), None)
+        if net:
+            for server in net.servers.values():
+                server.stop()
+
+    def restart_container(self, namespace: str, name: str, container: str) -> None:
+        """A restarted container is a fresh process: its toggled state is gone."""
+        with self._lock:
+            net = self._pods.get((namespace, name))
+            server = net.servers.get(container) if net else None
+            if server is None:
+                return
+            from ..agnhost import AgnhostServer
+
+            fresh = AgnhostServer(
+                port=0, http_port=0, service=server.service, delay_unhealthy_sec=server.delay_unhealthy_sec
+            )
+            for port, target in list(net.ports.items()):
+                if target == ("127.0.0.1", server.port):
+                    net.ports[port] = ("127.0.0.1", fresh.port)
+                elif target == ("127.0.0.1", server.http_port):
+                    net.ports[port] = ("127.0.0.1", fresh.http_port)
+            net.servers[container] = fresh
+        server.stop()
+
+    def network(self, namespace: str, name: str) -> PodNetwork | None:
+        with self._lock:
+            return self._pods.get((namespace, name))
+
+    def server(self, namespace: str, name: str, container: str) -> Any:
+        net = self.network(namespace, name)
+        return net.servers.get(container) if net else None
+
+    def stop_all(self) -> None:
+        with self._lock:
+            keys = list(self._pods)
+        for namespace, name in keys:
+            self.stop(namespace, name)
+
+
+def _all_containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = pod.get("spec") or {}
+    return list(spec.get("initContainers") or []) + list(spec.get("containers") or [])
