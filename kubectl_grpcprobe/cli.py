@@ -10,7 +10,7 @@ from . import __version__
 from .errors import ExitCode, GrpcProbeError, UsageError, most_severe
 from .output import Environment
 
-SUBCOMMANDS = ("sandbox",)
+SUBCOMMANDS = ("sandbox", "toggle")
 PROBE_KINDS = ("readiness", "liveness", "startup")
 
 EXIT_CODES_HELP = """\
@@ -23,7 +23,7 @@ exit codes:
   130  interrupted (Ctrl-C)
   With several probes the most severe wins, in the order 1, 2, 3, 4, 0.
 
-A pod named like a subcommand (sandbox) is reached as pod/NAME.
+A pod named like a subcommand (sandbox, toggle) is reached as pod/NAME.
 """
 
 EXAMPLES = """\
@@ -123,7 +123,11 @@ def add_connection_flags(parser: argparse.ArgumentParser) -> None:
 def probe_parser() -> Parser:
     parser = Parser(
         prog="kubectl grpcprobe",
-        usage="kubectl grpcprobe [flags] POD\n       kubectl grpcprobe sandbox up [-f MANIFEST] [--kubeconfig-out PATH]",
+        usage=(
+            "kubectl grpcprobe [flags] POD\n"
+            "       kubectl grpcprobe toggle POD --serving|--not-serving [flags]\n"
+            "       kubectl grpcprobe sandbox up [-f MANIFEST] [--kubeconfig-out PATH]"
+        ),
         description=(
             "Run a pod's gRPC probes exactly as the kubelet does - same service, user agent, single deadline, "
             "plaintext, fresh connection - through a port-forward via the API server, and print the kubelet's verdict."
@@ -132,16 +136,7 @@ def probe_parser() -> Parser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("pod", metavar="POD", help="the pod: NAME or pod/NAME")
-    sel = parser.add_argument_group("what to probe")
-    sel.add_argument("-c", "--container", help="only this container's probes")
-    sel.add_argument(
-        "--probe",
-        dest="kinds",
-        type=_kinds,
-        action="append",
-        metavar="KIND",
-        help="only these probe kinds: readiness, liveness, startup (repeatable or comma list)",
-    )
+    sel = add_selection_flags(parser)
     sel.add_argument("--port", type=_port, help="check this port directly (ad hoc; beyond the pod's own probes)")
     sel.add_argument(
         "--service",
@@ -152,10 +147,55 @@ def probe_parser() -> Parser:
     )
     sel.add_argument("--timeout", type=_duration, metavar="DURATION", help="override the probe's timeoutSeconds (e.g. 1s, 1500ms)")
     sel.add_argument("--user-agent", metavar="UA", help="user agent to send (default: kube-probe/<cluster major.minor>)")
+    add_output_flags(parser)
+    parser.add_argument("--version", action="version", version=f"kubectl-grpcprobe {__version__}")
+    add_connection_flags(parser)
+    return parser
+
+
+def add_selection_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    sel = parser.add_argument_group("what to probe")
+    sel.add_argument("-c", "--container", help="only this container's probes")
+    sel.add_argument(
+        "--probe",
+        dest="kinds",
+        type=_kinds,
+        action="append",
+        metavar="KIND",
+        help="only these probe kinds: readiness, liveness, startup (repeatable or comma list)",
+    )
+    return sel
+
+
+def add_output_flags(parser: argparse.ArgumentParser) -> None:
     out = parser.add_argument_group("output")
     out.add_argument("-o", "--output", choices=("text", "wide", "json"), default="text", help="text (default), wide or json")
     out.add_argument("-q", "--quiet", action="store_true", help="print nothing; the exit code tells")
-    parser.add_argument("--version", action="version", version=f"kubectl-grpcprobe {__version__}")
+
+
+def toggle_parser() -> Parser:
+    parser = Parser(
+        prog="kubectl grpcprobe toggle",
+        usage="kubectl grpcprobe toggle POD --serving|--not-serving [flags]",
+        description=(
+            "Flip a server between SERVING and NOT_SERVING through its HTTP control port (agnhost's /make-serving and "
+            "/make-not-serving, as in the Kubernetes docs), then probe it again the kubelet's way."
+        ),
+        epilog=(
+            "exit codes: 0 the endpoint answered and the new verdict is the one asked for; 1 bad invocation or the "
+            "endpoint answered 404; 2 unreachable; 3 the re-probe's RPC failed; 4 the server's health is not what was asked."
+        ),
+    )
+    parser.add_argument("pod", metavar="POD", help="the pod: NAME or pod/NAME")
+    state = parser.add_mutually_exclusive_group(required=True)
+    state.add_argument("--serving", dest="serving", action="store_true", help="call the serving endpoint")
+    state.add_argument("--not-serving", dest="serving", action="store_false", help="call the not-serving endpoint")
+    control = parser.add_argument_group("control endpoint")
+    control.add_argument("--control-port", type=_port, default=8080, metavar="PORT", help="the pod's HTTP control port (default 8080)")
+    control.add_argument("--serving-path", default="/make-serving", metavar="PATH", help="default /make-serving")
+    control.add_argument("--not-serving-path", default="/make-not-serving", metavar="PATH", help="default /make-not-serving")
+    add_selection_flags(parser)
+    add_output_flags(parser)
     add_connection_flags(parser)
     return parser
 
@@ -197,6 +237,8 @@ def run(argv: Sequence[str], env: Environment) -> int:
     if command in SUBCOMMANDS:
         rest = list(argv)
         rest.remove(command)
+        if command == "toggle":
+            return toggle_command(toggle_parser().parse_args(rest), env)
         from . import sandbox_cli
 
         return sandbox_cli.run(sandbox_parser().parse_args(rest), env)
@@ -204,17 +246,19 @@ def run(argv: Sequence[str], env: Environment) -> int:
     return probe_command(args, env)
 
 
-def probe_command(args: argparse.Namespace, env: Environment) -> int:
+def pod_name(text: str) -> str:
+    if "/" not in text:
+        return text
+    kind, _, name = text.partition("/")
+    if kind not in ("pod", "pods", "po") or not name:
+        raise UsageError(f"error: {text!r} is not a pod (use NAME or pod/NAME)")
+    return name
+
+
+def connect(args: argparse.Namespace):
     from . import kubeconfig
     from .kubeapi import KubeClient
-    from .output import render
-    from .runner import ProbeOptions, probe_pod
 
-    pod = args.pod
-    if "/" in pod:
-        kind, _, pod = pod.partition("/")
-        if kind not in ("pod", "pods", "po") or not pod:
-            raise UsageError(f"error: {args.pod!r} is not a pod (use NAME or pod/NAME)")
     cfg = kubeconfig.load(
         kubeconfig.Overrides(
             kubeconfig=args.kubeconfig,
@@ -226,25 +270,67 @@ def probe_command(args: argparse.Namespace, env: Environment) -> int:
             impersonate_groups=args.impersonate_groups,
         )
     )
-    client = KubeClient(cfg, request_timeout=args.request_timeout / 1e9 if args.request_timeout else None)
+    return KubeClient(cfg, request_timeout=args.request_timeout / 1e9 if args.request_timeout else None)
+
+
+def probe_options(args: argparse.Namespace):
+    from .runner import ProbeOptions
+
+    return ProbeOptions(
+        container=args.container,
+        kinds=[k for group in args.kinds for k in group] if args.kinds else None,
+        port=getattr(args, "port", None),
+        services=getattr(args, "services", None),
+        timeout_ns=getattr(args, "timeout", None),
+        user_agent=getattr(args, "user_agent", None),
+    )
+
+
+def probe_command(args: argparse.Namespace, env: Environment) -> int:
+    from .output import render
+    from .runner import probe_pod
+
+    pod = pod_name(args.pod)
+    client = connect(args)
     try:
-        options = ProbeOptions(
-            container=args.container,
-            kinds=[k for group in args.kinds for k in group] if args.kinds else None,
-            port=args.port,
-            services=args.services,
-            timeout_ns=args.timeout,
-            user_agent=args.user_agent,
-        )
-        reports = probe_pod(client, cfg.namespace, pod, options)
+        reports = probe_pod(client, client.cfg.namespace, pod, probe_options(args))
     finally:
         client.close()
     render(reports, "quiet" if args.quiet else args.output, env)
     return int(most_severe([r.exit_code for r in reports]))
 
 
+def toggle_command(args: argparse.Namespace, env: Environment) -> int:
+    from .output import render, render_toggle
+    from .probe import Outcome
+    from .runner import probe_pod
+    from .toggle import call_control_endpoint
+
+    pod = pod_name(args.pod)
+    path = args.serving_path if args.serving else args.not_serving_path
+    client = connect(args)
+    try:
+        answer = call_control_endpoint(client, client.cfg.namespace, pod, args.control_port, path, client.timeout or 30.0)
+        reports = probe_pod(client, client.cfg.namespace, pod, probe_options(args))
+    finally:
+        client.close()
+    fmt = "quiet" if args.quiet else args.output
+    render_toggle(pod, args.control_port, answer, fmt, env)
+    render(reports, fmt, env)
+    wanted = Outcome.HEALTHY if args.serving else Outcome.UNHEALTHY
+    if all(r.result.outcome is wanted for r in reports):
+        return int(ExitCode.OK)
+    worst = most_severe([r.exit_code for r in reports])
+    return int(worst if worst in (ExitCode.UNREACHABLE, ExitCode.RPC_FAILED) else ExitCode.UNHEALTHY)
+
+
 def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> int:
     """Run the CLI; every failure a user can meet ends here as one line on stderr and an exit code."""
+    import os
+
+    # grpc's C core logs transport chatter (GOAWAY, reconnects) to stderr at INFO; the verdict
+    # already says what matters. A user can still ask for more with GRPC_VERBOSITY.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     env = env or Environment()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:

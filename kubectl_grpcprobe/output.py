@@ -115,6 +115,16 @@ def render(reports: list[Report], fmt: str, env: Environment) -> None:
     _diagnostics(reports, env)
 
 
+def render_toggle(pod: str, port: int, answer: object, fmt: str, env: Environment) -> None:
+    """The control endpoint's answer; in json it goes to stderr so stdout stays one document."""
+    if fmt == "quiet":
+        return
+    line = f"pod/{pod}: GET {answer.path} on port {port} answered {answer.status} {answer.reason}"  # type: ignore[attr-defined]
+    if answer.body:  # type: ignore[attr-defined]
+        line += f" (server says: {answer.body.splitlines()[0][:200]})"  # type: ignore[attr-defined]
+    (env.stderr if fmt == "json" else env.stdout).write(line + "\n")
+
+
 def _diagnostics(reports: list[Report], env: Environment) -> None:
     for r in reports:
         for note in r.diagnostics:

@@ -77,7 +77,8 @@ def resolve(
     timeout_ns: int | None = None,
 ) -> list[Target]:
     """Targets in a stable order: by container, then startup, liveness, readiness."""
-    name = (pod.get("metadata") or {}).get("name", "")
+    meta = pod.get("metadata") if isinstance(pod.get("metadata"), dict) else {}
+    name = str(meta.get("name", ""))
     candidates = containers_of(pod)
     if container is not None:
         candidates = [c for c in candidates if c["name"] == container]

@@ -67,6 +67,7 @@ class Sandbox:
         self._server: ApiServer | None = None
         self._thread: threading.Thread | None = None
         self._pod_ips = 0
+        self.requests: list[tuple[str, str]] = []  # (verb, path) of every API request, for tests
         self._lock = threading.Lock()
         token = secrets.token_urlsafe(24)
         self.users = {

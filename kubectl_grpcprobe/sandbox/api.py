@@ -77,6 +77,8 @@ def route(h: Handler, sandbox: Sandbox, user: User, verb: str, path: str) -> Non
         return h._send_json(200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": []})
     if path == "/api/v1":
         return h._send_json(200, discovery_core())
+    if path.startswith("/openapi/"):
+        return _openapi(h, sandbox, path)
     match = _PATH.match(path)
     if not match or match["resource"] not in CORE_RESOURCES:
         raise ApiError(404, "NotFound", "the server could not find the requested resource")
@@ -174,6 +176,26 @@ def route(h: Handler, sandbox: Sandbox, user: User, verb: str, path: str) -> Non
             raise not_found(resource, name) from exc
         return h._send_json(200, deleted)
     raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+
+
+def _openapi(h: Handler, sandbox: Sandbox, path: str) -> None:
+    from . import openapi
+
+    if path == "/openapi/v2":
+        if "protobuf" not in (h.headers.get("Accept") or ""):
+            raise ApiError(406, "NotAcceptable", "only the protobuf form of /openapi/v2 is served by the sandbox")
+        body = openapi.v2_protobuf(sandbox.version)
+        h.send_response(200)
+        h.send_header("Content-Type", "application/com.github.proto-openapi.spec.v2.v1.0+protobuf")
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.write(body)
+        return None
+    if path == "/openapi/v3":
+        return h._send_json(200, openapi.v3_index(sandbox.version))
+    if path == "/openapi/v3/api/v1":
+        return h._send_json(200, openapi.v3_document(sandbox.version))
+    raise ApiError(404, "NotFound", "the server could not find the requested resource")
 
 
 def _ports(h: Handler) -> list[int]:

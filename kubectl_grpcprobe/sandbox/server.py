@@ -111,6 +111,7 @@ class Handler(BaseHTTPRequestHandler):
     sys_version = ""
 
     def setup(self) -> None:
+        threading.current_thread().name = "sandbox-conn"
         self.request.settimeout(10)
         try:
             self.request.do_handshake()
@@ -169,6 +170,7 @@ class Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         self.query = parse_qs(url.query)
         path = url.path.rstrip("/") or "/"
+        sandbox.requests.append((self.command, path))
         try:
             if sandbox.faults.stall_api and self.server.stop_event.wait(sandbox.faults.stall_api):
                 return

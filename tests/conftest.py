@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # before grpc is imported anywhere
+
+from kubectl_grpcprobe.sandbox import Sandbox
+
+from .helpers import BLOG_MANIFEST
+
+
+def _listening_inodes() -> set[str]:
+    """Inodes of TCP sockets in LISTEN state that this process holds open."""
+    mine = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            mine.add(target[8:-1])
+    listening = set()
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        try:
+            with open(table) as fh:
+                next(fh)
+                for line in fh:
+                    parts = line.split()
+                    if parts[3] == "0A" and parts[9] in mine:  # 0A = LISTEN
+                        listening.add(parts[9])
+        except OSError:
+            continue
+    return listening
+
+
+def _non_daemon_threads() -> set[threading.Thread]:
+    """Threads that would keep a process alive, except the test's own servers (sandbox, agnhost)."""
+    return {
+        t
+        for t in threading.enumerate()
+        if not t.daemon and t is not threading.main_thread() and not t.name.startswith(("sandbox-", "agnhost"))
+    }
+
+
+@pytest.fixture
+def leak_check() -> Iterator[None]:
+    """Fail the test if it leaves a listening socket or a non-daemon thread behind."""
+    before_threads = _non_daemon_threads()
+    before_sockets = _listening_inodes()
+    yield
+    leaked_threads = _non_daemon_threads() - before_threads
+    leaked_sockets = _listening_inodes() - before_sockets
+    portforward_threads = [t for t in threading.enumerate() if t.name.startswith("grpcprobe-portforward")]
+    assert not leaked_threads, f"threads left running: {leaked_threads}"
+    assert not leaked_sockets, f"listening sockets left open: {leaked_sockets}"
+    assert not portforward_threads, f"port-forward threads left running: {portforward_threads}"
+
+
+@pytest.fixture
+def sandbox() -> Iterator[Sandbox]:
+    """A fresh sandbox with the blog's test-grpc pod."""
+    with Sandbox([BLOG_MANIFEST]) as sb:
+        yield sb
