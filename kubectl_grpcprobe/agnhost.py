@@ -57,7 +57,8 @@ class AgnhostServer:
 
         from concurrent.futures import ThreadPoolExecutor
 
-        self._grpc = grpc.server(ThreadPoolExecutor(max_workers=4, thread_name_prefix="agnhost-grpc"))
+        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="agnhost-grpc")
+        self._grpc = grpc.server(self._executor)
         health_pb2_grpc.add_HealthServicer_to_server(Health(), self._grpc)
         self.port = self._grpc.add_insecure_port(gostr.join_host_port(host, port))
         if not self.port:
@@ -86,6 +87,7 @@ class AgnhostServer:
         self._http.server_close()
         self._http_thread.join()
         self._grpc.stop(grace=None).wait()
+        self._executor.shutdown(wait=True)
 
     def __enter__(self) -> AgnhostServer:
         return self

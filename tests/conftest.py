@@ -65,3 +65,10 @@ def sandbox() -> Iterator[Sandbox]:
     """A fresh sandbox with the blog's test-grpc pod."""
     with Sandbox([BLOG_MANIFEST]) as sb:
         yield sb
+
+
+@pytest.fixture
+def sandbox_no_kubelet() -> Iterator[Sandbox]:
+    """A sandbox whose kubelet probes nothing: servers see only the traffic a test makes."""
+    with Sandbox([BLOG_MANIFEST], kubelet=False) as sb:
+        yield sb

@@ -191,7 +191,8 @@ def test_adhoc_port_and_several_services(sandbox) -> None:
     assert run.code == ExitCode.RPC_FAILED
 
 
-def test_user_agent_is_the_clusters_kube_probe(sandbox) -> None:
+def test_user_agent_is_the_clusters_kube_probe(sandbox_no_kubelet) -> None:
+    sandbox = sandbox_no_kubelet
     with health_server() as (port, servicer):
         pods_with(sandbox, "ua", port)
         assert grpcprobe(sandbox, "ua").code == ExitCode.OK

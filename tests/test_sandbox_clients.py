@@ -79,6 +79,11 @@ def test_official_client_portforward_reaches_grpc_health(core_api) -> None:
         done.set()
         thread.join()
         listener.close()
+        # End the official client's proxy thread the way it expects (EOF, not a reset).
+        remote.shutdown(socket.SHUT_WR)
+        remote.settimeout(5)
+        while remote.recv(65536):
+            pass
         pf.close()
     assert response.status == health_pb2.HealthCheckResponse.SERVING
     assert pf.error(5000) is None
@@ -111,6 +116,7 @@ def _kubectl(version: str, sandbox: Sandbox, *args: str, stdin: str | None = Non
 @pytest.mark.kubectl
 @pytest.mark.parametrize("version", KUBECTLS)
 def test_kubectl_get_pods(sandbox, version: str) -> None:
+    sandbox.wait_ready("test-grpc")  # the sandbox kubelet's first readiness probe
     result = _kubectl(version, sandbox, "get", "pods")
     assert result.returncode == 0, result.stderr
     header, row = result.stdout.splitlines()

@@ -56,8 +56,14 @@ class Sandbox:
         *,
         version: str = DEFAULT_VERSION,
         kubeconfig_path: str | os.PathLike[str] | None = None,
+        kubelet: bool = True,
+        kubelet_time_scale: float = 1.0,
     ) -> None:
+        """kubelet=False: pods never get probed (Ready at once); kubelet_time_scale<1 runs probe periods faster."""
         self.version = version
+        self._kubelet_enabled = kubelet
+        self._kubelet_time_scale = kubelet_time_scale
+        self.kubelet: Any = None
         self.faults = Faults()
         self.store = Store()
         self.runtime = Runtime()
@@ -109,6 +115,11 @@ class Sandbox:
             target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="sandbox-api"
         )
         self._thread.start()
+        if self._kubelet_enabled:
+            from .kubelet import Kubelet
+
+            self.kubelet = Kubelet(self, time_scale=self._kubelet_time_scale)
+            self.kubelet.start()
         for ns in ("default", "kube-system", "kube-public", "kube-node-lease"):
             self._create_namespace(ns)
         self.kubeconfig_path = str(self._kubeconfig_out or Path(self._tmp, "kubeconfig"))
@@ -122,6 +133,9 @@ class Sandbox:
         return self
 
     def stop(self) -> None:
+        if self.kubelet is not None:
+            self.kubelet.stop()
+            self.kubelet = None
         if self._server is not None:
             self._server.close_all()
             self._server = None
@@ -240,15 +254,22 @@ class Sandbox:
             self._pod_ips += 1
         pod_ip = f"10.244.{index // 253}.{index % 253 + 2}"
         body["spec"].setdefault("nodeName", podlib.NODE_NAME)
-        body["status"] = podlib.running_status(body, pod_ip)
+        body["status"] = podlib.running_status(body, pod_ip, self._initial_ready)
         created = self.store.create("pods", body)
         self.runtime.start(created)
         self._record_start_events(created)
+        if self.kubelet is not None:
+            self.kubelet.pod_started(created)
         return created
+
+    def _initial_ready(self, container: dict[str, Any]) -> bool:
+        return self.kubelet.initial_ready(container) if self.kubelet is not None else True
 
     def delete(self, resource: str, namespace: str, name: str) -> dict[str, Any]:
         deleted = self.store.delete(resource, namespace, name)
         if resource == "pods":
+            if self.kubelet is not None:
+                self.kubelet.pod_stopped(namespace, name)
             self.runtime.stop(namespace, name)
         return deleted
 
@@ -289,12 +310,27 @@ class Sandbox:
         return self.store.update("pods", namespace, name, mutate)
 
     def set_phase(self, name: str, phase: str, namespace: str = "default") -> dict[str, Any]:
-        updated = self.update_pod(name, lambda pod: podlib.set_phase(pod, phase), namespace)
+        if self.kubelet is not None:
+            self.kubelet.pod_stopped(namespace, name)
+        updated = self.update_pod(name, lambda pod: podlib.set_phase(pod, phase, self._initial_ready), namespace)
         if phase == "Running":
             self.runtime.start(updated)
+            if self.kubelet is not None:
+                self.kubelet.pod_started(updated)
         else:
             self.runtime.stop(namespace, name)
         return updated
+
+    def wait_for_pod(self, name: str, predicate: Any, namespace: str = "default", timeout: float = 30.0) -> dict[str, Any]:
+        """Block until predicate(pod) holds (woken by each change to the pod); TimeoutError otherwise."""
+        return self.store.wait_until("pods", namespace, name, lambda pod: pod is not None and predicate(pod), timeout)
+
+    def wait_ready(self, name: str, ready: bool = True, namespace: str = "default", timeout: float = 30.0) -> dict[str, Any]:
+        def is_ready(pod: dict[str, Any]) -> bool:
+            conds = {c["type"]: c["status"] for c in (pod.get("status") or {}).get("conditions") or []}
+            return conds.get("Ready") == ("True" if ready else "False")
+
+        return self.wait_for_pod(name, is_ready, namespace, timeout)
 
     def unschedule(self, name: str, namespace: str = "default") -> dict[str, Any]:
         def mutate(pod: dict[str, Any]) -> None:
@@ -305,6 +341,8 @@ class Sandbox:
                     cond["status"] = "False"
                     cond["reason"] = "Unschedulable"
 
+        if self.kubelet is not None:
+            self.kubelet.pod_stopped(namespace, name)
         updated = self.update_pod(name, mutate, namespace)
         self.runtime.stop(namespace, name)
         return updated

@@ -115,7 +115,8 @@ def apply_defaults(pod: dict[str, Any], namespace: str) -> None:
                     c[kind]["grpc"].setdefault("service", "")
 
 
-def running_status(pod: dict[str, Any], pod_ip: str, *, ready: bool = True) -> dict[str, Any]:
+def running_status(pod: dict[str, Any], pod_ip: str, ready_of: Any = lambda container: True) -> dict[str, Any]:
+    """Status of a pod whose containers all just started; ready_of(container) says which are Ready yet."""
     started = now()
     uid = pod["metadata"]["uid"]
 
@@ -127,7 +128,7 @@ def running_status(pod: dict[str, Any], pod_ip: str, *, ready: bool = True) -> d
             "name": c["name"],
             "state": {"running": {"startedAt": started}},
             "lastState": {},
-            "ready": ready,
+            "ready": bool(ready_of(c)),
             "restartCount": 0,
             "image": image,
             "imageID": f"{image.split('@')[0].rsplit(':', 1)[0]}@sha256:{digest}",
@@ -137,6 +138,7 @@ def running_status(pod: dict[str, Any], pod_ip: str, *, ready: bool = True) -> d
         return status
 
     sidecars = [c for c in pod["spec"].get("initContainers") or [] if c.get("restartPolicy") == "Always"]
+    ready = all(ready_of(c) for c in pod["spec"].get("containers") or []) and all(ready_of(c) for c in sidecars)
     conditions = [
         ("PodReadyToStartContainers", True),
         ("Initialized", True),
@@ -163,7 +165,7 @@ def running_status(pod: dict[str, Any], pod_ip: str, *, ready: bool = True) -> d
     return status
 
 
-def set_phase(pod: dict[str, Any], phase: str) -> None:
+def set_phase(pod: dict[str, Any], phase: str, ready_of: Any = lambda container: True) -> None:
     """Move a pod to a phase as the kubelet would report it."""
     status = pod.setdefault("status", {})
     status["phase"] = phase
@@ -183,11 +185,12 @@ def set_phase(pod: dict[str, Any], phase: str) -> None:
             cs["state"] = {"terminated": {"exitCode": code, "reason": reason, "startedAt": when, "finishedAt": when}}
             cs["started"] = False
         elif phase == "Running":
+            spec = next((c for c in all_containers(pod) if c["name"] == cs["name"]), {})
             cs["state"] = {"running": {"startedAt": when}}
             cs["started"] = True
-            cs["ready"] = True
+            cs["ready"] = bool(ready_of(spec))
     status["containerStatuses"] = statuses
-    ready = phase == "Running"
+    ready = phase == "Running" and all(cs["ready"] for cs in statuses)
     for cond in status.get("conditions") or []:
         if cond["type"] in ("Ready", "ContainersReady"):
             cond["status"] = "True" if ready else "False"

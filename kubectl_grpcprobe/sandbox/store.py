@@ -125,6 +125,21 @@ class Store:
             for _, kind, obj in events:
                 yield kind, copy.deepcopy(obj)
 
+    def wait_until(self, resource: str, namespace: str, name: str, predicate: Callable[[Obj | None], bool], timeout: float) -> Obj | None:
+        """Block until predicate(object) holds, woken by every change; TimeoutError after `timeout`."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                obj = self._objects.get((resource, namespace, name))
+                if predicate(obj):
+                    return copy.deepcopy(obj) if obj is not None else None
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.closed:
+                    raise TimeoutError(f"{resource} {namespace}/{name}: condition not met within {timeout}s")
+                self._cond.wait(remaining)
+
     def close(self) -> None:
         with self._cond:
             self.closed = True
