@@ -28,14 +28,23 @@ class AgnhostServer:
         service: str = "",
         delay_unhealthy_sec: int = -1,
         host: str = "127.0.0.1",
+        enable_watch: bool = False,
+        tls_cert: bytes | None = None,
+        tls_key: bytes | None = None,
     ) -> None:
+        """enable_watch and TLS go beyond agnhost (whose Watch answers Unimplemented)."""
         import grpc
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         self.service = service
         self.delay_unhealthy_sec = delay_unhealthy_sec
         self.started_ns = time.monotonic_ns()
-        self.force_unhealthy = False
+        self._force_unhealthy = False
+        self._changed = threading.Condition()
+        self.enable_watch = enable_watch
+        self.watchers_changed = threading.Event()  # set when a Watch stream starts (for tests)
+        self.streamed = 0  # Watch messages sent, all streams
+        self.tls_cert, self.tls_key = tls_cert, tls_key
         self.checks = 0
         self.user_agents: list[str] = []
         server_self = self
@@ -53,14 +62,42 @@ class AgnhostServer:
                 return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.NOT_SERVING)
 
             def Watch(self, request, context):  # noqa: N802
-                context.abort(grpc.StatusCode.UNIMPLEMENTED, "unimplemented")
+                if not server_self.enable_watch:
+                    context.abort(grpc.StatusCode.UNIMPLEMENTED, "unimplemented")
+                if request.service != server_self.service:
+                    # As grpc-go's health server: the stream stays open reporting SERVICE_UNKNOWN.
+                    yield health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
+                    while context.is_active():
+                        with server_self._changed:
+                            server_self._changed.wait(0.25)
+                    return
+                last = None
+                server_self.watchers_changed.set()
+                while context.is_active():
+                    current = server_self.serving()
+                    if current != last:
+                        last = current
+                        status = health_pb2.HealthCheckResponse.SERVING if current else health_pb2.HealthCheckResponse.NOT_SERVING
+                        yield health_pb2.HealthCheckResponse(status=status)
+                        with server_self._changed:
+                            server_self.streamed += 1
+                            server_self._changed.notify_all()
+                    with server_self._changed:
+                        # Woken by a toggle; the timeout notices --delay-unhealthy-sec and a gone client.
+                        server_self._changed.wait(0.25)
 
         from concurrent.futures import ThreadPoolExecutor
 
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="agnhost-grpc")
         self._grpc = grpc.server(self._executor)
         health_pb2_grpc.add_HealthServicer_to_server(Health(), self._grpc)
-        self.port = self._grpc.add_insecure_port(gostr.join_host_port(host, port))
+        if (tls_cert is None) != (tls_key is None):
+            raise ValueError("--tls-cert-file and --tls-private-key-file go together")
+        if tls_cert is not None and tls_key is not None:
+            credentials = grpc.ssl_server_credentials([(tls_key, tls_cert)])
+            self.port = self._grpc.add_secure_port(gostr.join_host_port(host, port), credentials)
+        else:
+            self.port = self._grpc.add_insecure_port(gostr.join_host_port(host, port))
         if not self.port:
             raise OSError(f"agnhost: cannot listen on {host}:{port}")
         self._http = ThreadingHTTPServer((host, http_port), _control_handler(self))
@@ -72,8 +109,23 @@ class AgnhostServer:
         )
         self._http_thread.start()
 
+    @property
+    def force_unhealthy(self) -> bool:
+        return self._force_unhealthy
+
+    @force_unhealthy.setter
+    def force_unhealthy(self, value: bool) -> None:
+        with self._changed:
+            self._force_unhealthy = value
+            self._changed.notify_all()
+
+    def wait_streamed(self, count: int, timeout: float) -> bool:
+        """Block until `count` Watch messages have been handed to gRPC (woken on each)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self.streamed >= count, timeout)
+
     def serving(self) -> bool:
-        if self.force_unhealthy:
+        if self._force_unhealthy:
             return False
         if self.delay_unhealthy_sec >= 0:
             return (time.monotonic_ns() - self.started_ns) < self.delay_unhealthy_sec * 10**9
@@ -145,20 +197,35 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="report NOT_SERVING once this many seconds have passed since start (default -1: never)",
     )
     parser.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0, as agnhost)")
-    return parser.parse_args(argv)
+    parser.add_argument("--tls-cert-file", help="serve gRPC over TLS with this certificate (with --tls-private-key-file)")
+    parser.add_argument("--tls-private-key-file", help="the key for --tls-cert-file")
+    parser.add_argument(
+        "--enable-watch",
+        action="store_true",
+        help="implement Health/Watch (beyond agnhost, whose Watch answers Unimplemented)",
+    )
+    args = parser.parse_args(argv)
+    if bool(args.tls_cert_file) != bool(args.tls_private_key_file):
+        parser.error("--tls-cert-file and --tls-private-key-file go together")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
+        cert = open(args.tls_cert_file, "rb").read() if args.tls_cert_file else None
+        key = open(args.tls_private_key_file, "rb").read() if args.tls_private_key_file else None
         server = AgnhostServer(
             port=args.port,
             http_port=args.http_port,
             service=args.service,
             delay_unhealthy_sec=args.delay_unhealthy_sec,
             host=args.host,
+            enable_watch=args.enable_watch,
+            tls_cert=cert,
+            tls_key=key,
         )
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         print(f"agnhost: {exc}", file=sys.stderr)
         return 1
     print(f"gRPC health on {args.host}:{server.port}, control on {args.host}:{server.http_port}", file=sys.stderr)

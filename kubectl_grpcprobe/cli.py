@@ -81,6 +81,26 @@ def _duration(text: str) -> int:
     return value
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: must be a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid count {value}: must be at least 1")
+    return value
+
+
+def _speed(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid speed {text!r}") from None
+    if not 0.01 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"invalid speed {text!r}: must be between 0.01 and 100")
+    return value
+
+
 def _request_timeout(text: str) -> int:
     from .gostr import parse_duration
 
@@ -147,6 +167,11 @@ def probe_parser() -> Parser:
     )
     sel.add_argument("--timeout", type=_duration, metavar="DURATION", help="override the probe's timeoutSeconds (e.g. 1s, 1500ms)")
     sel.add_argument("--user-agent", metavar="UA", help="user agent to send (default: kube-probe/<cluster major.minor>)")
+    w = parser.add_argument_group("watching (what the kubelet will decide over time)")
+    w.add_argument("-w", "--watch", action="store_true", help="probe every periodSeconds and show the kubelet's decisions; Ctrl-C for a summary")
+    w.add_argument("--period", type=_duration, metavar="DURATION", help="with --watch: override periodSeconds")
+    w.add_argument("--count", type=_positive, metavar="N", help="with --watch: stop after N executions of each probe")
+    w.add_argument("--watch-rpc", action="store_true", help="with --watch: stream Health/Watch (beyond the kubelet); falls back to polling on Unimplemented")
     add_output_flags(parser)
     parser.add_argument("--version", action="version", version=f"kubectl-grpcprobe {__version__}")
     add_connection_flags(parser)
@@ -182,8 +207,9 @@ def toggle_parser() -> Parser:
             "/make-not-serving, as in the Kubernetes docs), then probe it again the kubelet's way."
         ),
         epilog=(
-            "exit codes: 0 the endpoint answered and the new verdict is the one asked for; 1 bad invocation or the "
-            "endpoint answered 404; 2 unreachable; 3 the re-probe's RPC failed; 4 the server's health is not what was asked."
+            "exit codes: 0 the endpoint answered and the new verdict is the one asked for (with --wait: and the kubelet "
+            "acted); 1 bad invocation or the endpoint answered 404; 2 unreachable; 3 the re-probe's RPC failed; 4 the "
+            "server's health is not what was asked, or the kubelet did not act within --wait-timeout."
         ),
     )
     parser.add_argument("pod", metavar="POD", help="the pod: NAME or pod/NAME")
@@ -194,6 +220,9 @@ def toggle_parser() -> Parser:
     control.add_argument("--control-port", type=_port, default=8080, metavar="PORT", help="the pod's HTTP control port (default 8080)")
     control.add_argument("--serving-path", default="/make-serving", metavar="PATH", help="default /make-serving")
     control.add_argument("--not-serving-path", default="/make-not-serving", metavar="PATH", help="default /make-not-serving")
+    wait = parser.add_argument_group("waiting for the kubelet")
+    wait.add_argument("--wait", action="store_true", help="watch the pod until the kubelet acts: Ready flips (readiness) or the container restarts (liveness)")
+    wait.add_argument("--wait-timeout", type=_duration, default=120 * 10**9, metavar="DURATION", help="how long --wait waits (default 2m)")
     add_selection_flags(parser)
     add_output_flags(parser)
     add_connection_flags(parser)
@@ -209,6 +238,14 @@ def sandbox_parser() -> Parser:
     up = sub.add_parser("up", help="start the sandbox and run until Ctrl-C or SIGTERM")
     up.add_argument("-f", "--filename", dest="manifests", action="append", default=[], metavar="MANIFEST", help="YAML manifests to create at start (repeatable)")
     up.add_argument("--kubeconfig-out", metavar="PATH", help="where to write the sandbox's kubeconfig (default: a temporary file)")
+    up.add_argument(
+        "--kubelet-speed",
+        type=_speed,
+        default=1.0,
+        metavar="N",
+        help="run the sandbox kubelet's probe periods N times faster (timeouts unchanged; default 1)",
+    )
+    up.add_argument("--no-kubelet", action="store_true", help="do not run pods' probes (pods are Ready at once)")
     return parser
 
 
@@ -291,37 +328,77 @@ def probe_command(args: argparse.Namespace, env: Environment) -> int:
     from .runner import probe_pod
 
     pod = pod_name(args.pod)
+    fmt = "quiet" if args.quiet else args.output
+    if not args.watch and (args.period or args.count or args.watch_rpc):
+        raise UsageError("error: --period, --count and --watch-rpc go with --watch")
     client = connect(args)
     try:
+        if args.watch:
+            from .watch import watch
+
+            return watch(
+                client,
+                client.cfg.namespace,
+                pod,
+                probe_options(args),
+                period_ns=args.period,
+                count=args.count,
+                use_watch_rpc=args.watch_rpc,
+                fmt=fmt,
+                env=env,
+            )
         reports = probe_pod(client, client.cfg.namespace, pod, probe_options(args))
     finally:
         client.close()
-    render(reports, "quiet" if args.quiet else args.output, env)
+    render(reports, fmt, env)
     return int(most_severe([r.exit_code for r in reports]))
 
 
 def toggle_command(args: argparse.Namespace, env: Environment) -> int:
-    from .output import render, render_toggle
+    import time
+
+    from .output import render, render_kubelet_action, render_toggle
     from .probe import Outcome
     from .runner import probe_pod
-    from .toggle import call_control_endpoint
+    from .toggle import call_control_endpoint, wait_for_kubelet
 
     pod = pod_name(args.pod)
     path = args.serving_path if args.serving else args.not_serving_path
+    fmt = "quiet" if args.quiet else args.output
     client = connect(args)
     try:
-        answer = call_control_endpoint(client, client.cfg.namespace, pod, args.control_port, path, client.timeout or 30.0)
-        reports = probe_pod(client, client.cfg.namespace, pod, probe_options(args))
+        namespace = client.cfg.namespace
+        before = client.get_pod(namespace, pod)
+        toggled_at = time.monotonic()
+        answer = call_control_endpoint(client, namespace, pod, args.control_port, path, client.timeout or 30.0)
+        reports = probe_pod(client, namespace, pod, probe_options(args))
+        render_toggle(pod, args.control_port, answer, fmt, env)
+        render(reports, fmt, env)
+        wanted = Outcome.HEALTHY if args.serving else Outcome.UNHEALTHY
+        if not all(r.result.outcome is wanted for r in reports):
+            worst = most_severe([r.exit_code for r in reports])
+            return int(worst if worst in (ExitCode.UNREACHABLE, ExitCode.RPC_FAILED) else ExitCode.UNHEALTHY)
+        if args.wait:
+            kinds = {r.target.kind for r in reports}
+            readiness = "readiness" in kinds
+            if not readiness and ("liveness" not in kinds or args.serving):
+                raise UsageError(
+                    "error: --wait needs a readiness probe (Ready flips) or, with --not-serving, a liveness probe (the container restarts)"
+                )
+            action = wait_for_kubelet(
+                client,
+                namespace,
+                before,
+                serving=args.serving,
+                readiness=readiness,
+                container=args.container,
+                since=toggled_at,
+                timeout=args.wait_timeout / 1e9,
+            )
+            render_kubelet_action(pod, action, fmt, env)
     finally:
         client.close()
-    fmt = "quiet" if args.quiet else args.output
-    render_toggle(pod, args.control_port, answer, fmt, env)
-    render(reports, fmt, env)
-    wanted = Outcome.HEALTHY if args.serving else Outcome.UNHEALTHY
-    if all(r.result.outcome is wanted for r in reports):
-        return int(ExitCode.OK)
-    worst = most_severe([r.exit_code for r in reports])
-    return int(worst if worst in (ExitCode.UNREACHABLE, ExitCode.RPC_FAILED) else ExitCode.UNHEALTHY)
+    return int(ExitCode.OK)
 
 
 def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> int:

@@ -11,6 +11,7 @@ import json
 import socket
 import ssl
 import time
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -120,6 +121,36 @@ class KubeClient:
             except ValueError:
                 raise ConnectError(f"error: the server at {self.where} answered {path} with something that is not JSON") from None
         raise AssertionError("unreachable")
+
+    def watch(self, path: str, query: dict[str, Any], deadline: float) -> Iterator[dict[str, Any]]:
+        """Watch events (type, object) from a `?watch=1` stream on its own connection, until `deadline`."""
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=max(0.1, deadline - time.monotonic()))
+        conn.sock = self.connect(self.timeout)
+        try:
+            conn.putrequest("GET", self._path(path, {**query, "watch": "1"}), skip_accept_encoding=True)
+            for key, value in self._headers():
+                conn.putheader(key, value)
+            conn.endheaders()
+            response = conn.getresponse()
+            if response.status >= 400:
+                raise _status_error(response.status, response.reason, response.read())
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                conn.sock.settimeout(remaining)
+                try:
+                    line = response.readline()
+                except TimeoutError:
+                    return
+                except (OSError, http.client.HTTPException):
+                    raise ConnectError(f"error: the watch on {self.where} was cut") from None
+                if not line:
+                    return
+                if line.strip():
+                    yield json.loads(line)
+        finally:
+            conn.close()
 
     def get_pod(self, namespace: str, name: str) -> dict[str, Any]:
         return self.get(f"/api/v1/namespaces/{quote(namespace, safe='')}/pods/{quote(name, safe='')}")

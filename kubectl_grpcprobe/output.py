@@ -125,6 +125,15 @@ def render_toggle(pod: str, port: int, answer: object, fmt: str, env: Environmen
     (env.stderr if fmt == "json" else env.stdout).write(line + "\n")
 
 
+def render_kubelet_action(pod: str, action: object, fmt: str, env: Environment) -> None:
+    if fmt == "quiet":
+        return
+    line = f"pod/{pod}: the kubelet acted {action.seconds:.1f}s after the toggle: {action.what}"  # type: ignore[attr-defined]
+    if action.event:  # type: ignore[attr-defined]
+        line += f"; event: {action.event}"  # type: ignore[attr-defined]
+    (env.stderr if fmt == "json" else env.stdout).write(line + "\n")
+
+
 def _diagnostics(reports: list[Report], env: Environment) -> None:
     for r in reports:
         for note in r.diagnostics:
@@ -133,3 +142,89 @@ def _diagnostics(reports: list[Report], env: Environment) -> None:
 
 def error(env: Environment, message: str) -> None:
     env.stderr.write(message.rstrip("\n") + "\n")
+
+
+class WatchPrinter:
+    """--watch output: a line per execution and per kubelet decision, then a summary.
+
+    json prints one JSON object per line (type: execution, decision, skipped, note, update, summary).
+    """
+
+    def __init__(self, env: Environment, fmt: str, namespace: str, pod: str, pod_ip: str) -> None:
+        self.env, self.fmt, self.namespace, self.pod, self.pod_ip = env, fmt, namespace, pod, pod_ip
+
+    def _stamp(self) -> str:
+        import datetime
+
+        return datetime.datetime.now().strftime("%H:%M:%S.%f")[:-3]
+
+    def _json(self, kind: str, **fields: object) -> None:
+        self.env.stdout.write(json.dumps({"type": kind, "time": self._stamp(), **fields}) + "\n")
+        self.env.stdout.flush()
+
+    def _line(self, text: str) -> None:
+        self.env.stdout.write(f"{self._stamp()}  {text}\n")
+        self.env.stdout.flush()
+
+    def execution(self, report: Report) -> None:
+        if self.fmt == "quiet":
+            return
+        if self.fmt == "json":
+            self._json("execution", **report_dict(report))
+        else:
+            latency = f"rpc {ms(report.result.rpc_ms)}" if report.result.rpc_ms is not None else "no answer"
+            event = _paint(self.env, report.event, report.result.success)
+            self._line(f"{report.target.container} {report.target.kind}: {event} ({latency})")
+        _diagnostics([report], self.env)
+
+    def decision(self, target: object, text: str) -> None:
+        if self.fmt == "json":
+            self._json("decision", container=target.container, probe=target.kind, text=text)  # type: ignore[attr-defined]
+        elif self.fmt != "quiet":
+            self._line(f"{target.container} kubelet decision: {text}")  # type: ignore[attr-defined]
+
+    def skipped(self, target: object, reason: str) -> None:
+        if self.fmt == "json":
+            self._json("skipped", container=target.container, probe=target.kind, reason=reason)  # type: ignore[attr-defined]
+        elif self.fmt != "quiet":
+            self._line(f"{target.container} {target.kind}: not run: {reason}")  # type: ignore[attr-defined]
+
+    def note(self, target: object, text: str) -> None:
+        if self.fmt == "json":
+            self._json("note", container=target.container, probe=target.kind, text=text)  # type: ignore[attr-defined]
+        elif self.fmt != "quiet":
+            self.env.stderr.write(f"{self._stamp()}  {target.container} {target.kind}: {text}\n")  # type: ignore[attr-defined]
+
+    def stream_update(self, target: object, status: str, since_last_ms: float) -> None:
+        if self.fmt == "json":
+            self._json("update", container=target.container, probe=target.kind, status=status, sinceLastMs=round(since_last_ms, 3))  # type: ignore[attr-defined]
+        elif self.fmt != "quiet":
+            self._line(f"{target.container} {target.kind}: Health/Watch says {status}")  # type: ignore[attr-defined]
+
+    def summary(self, summaries: list[dict[str, object]]) -> None:
+        if self.fmt == "json":
+            items = []
+            for s in summaries:
+                t = s["target"]
+                items.append(
+                    {
+                        "container": t.container,  # type: ignore[attr-defined]
+                        "probe": t.kind,  # type: ignore[attr-defined]
+                        "executions": s["executions"],
+                        "failures": s["failures"],
+                        "rpcLatencyMs": s["latency"],
+                    }
+                )
+            self._json("summary", namespace=self.namespace, pod=self.pod, probes=items)
+            return
+        if self.fmt == "quiet":
+            return
+        self.env.stdout.write(f"--- pod/{self.pod} summary\n")
+        for s in summaries:
+            t = s["target"]
+            line = f"{t.container} {t.kind}: {s['executions']} executions, {s['failures']} failed"  # type: ignore[attr-defined]
+            lat = s["latency"]
+            if lat:
+                line += f"; rpc latency min {ms(lat['min'])} / median {ms(lat['median'])} / p99 {ms(lat['p99'])} / max {ms(lat['max'])}"  # type: ignore[index]
+            self.env.stdout.write(line + "\n")
+        self.env.stdout.flush()

@@ -94,31 +94,41 @@ def probe_pod(client: KubeClient, namespace: str, name: str, options: ProbeOptio
     for port, group in by_port.items():
         with port_forward(client, namespace, name, port, timeout=client.timeout or 30.0) as fwd:
             for target in group:
-                errors_before = len(fwd.errors)
                 t0 = time.perf_counter()
-                result = check(
-                    f"127.0.0.1:{fwd.local_port}",
-                    service=target.service,
-                    timeout_ns=target.timeout_ns,
-                    user_agent=agent,
-                    address=gostr.join_host_port(ip, target.port),
-                )
-                total_ms = (time.perf_counter() - t0) * 1000
-                report = Report(namespace, name, ip, target, result)
-                report.timings = {"api": api_ms, "tunnel": fwd.setup_ms, "total": total_ms}
+                result, notes = execute(fwd, target, ip, agent)
+                report = Report(namespace, name, ip, target, result, diagnostics=notes)
+                report.timings = {"api": api_ms, "tunnel": fwd.setup_ms, "total": (time.perf_counter() - t0) * 1000}
                 if result.connect_ms is not None:
                     report.timings["connect"] = result.connect_ms
                 if result.rpc_ms is not None:
                     report.timings["rpc"] = result.rpc_ms
-                report.diagnostics = _diagnostics(fwd, errors_before, result)
                 reports.append(report)
     return reports
 
 
-def _diagnostics(fwd: Any, errors_before: int, result: ProbeResult) -> list[str]:
-    notes = [f"port-forward: {text}" for text in dict.fromkeys(fwd.errors[errors_before:])]
+def execute(fwd: Any, target: Target, ip: str, agent: str) -> tuple[ProbeResult, list[str]]:
+    """One execution of a target through an open forward: the verdict and the diagnostics behind it."""
+    errors_before = len(fwd.errors)
+    address = gostr.join_host_port(ip, target.port)
+    if target.tls:
+        from .tlsproxy import tls_terminator
+
+        with tls_terminator(fwd.local_port, target.timeout_ns / 1e9) as tls:
+            result = check(f"127.0.0.1:{tls.port}", service=target.service, timeout_ns=target.timeout_ns, user_agent=agent, address=address)
+            extra = [f"grpc.mode TLS: {e}" for e in dict.fromkeys(tls.handshake_errors)]
+    else:
+        result = check(f"127.0.0.1:{fwd.local_port}", service=target.service, timeout_ns=target.timeout_ns, user_agent=agent, address=address)
+        extra = []
+    notes = [f"port-forward: {text}" for text in dict.fromkeys(fwd.errors[errors_before:])] + extra
     if fwd.dropped and not result.success:
         notes.append("port-forward: the tunnel through the API server was dropped")
     if result.outcome is Outcome.UNREACHABLE and not notes:
-        notes.append("port-forward: the connection was forwarded but no gRPC (HTTP/2) server answered on it")
-    return notes
+        from .tlsproxy import speaks_tls
+
+        if not target.tls and speaks_tls(fwd.local_port, min(1.0, target.timeout_ns / 1e9)):
+            notes.append(
+                "hint: the server wants TLS; the kubelet probes in plaintext unless the probe sets grpc.mode: TLS (Kubernetes 1.37+)"
+            )
+        else:
+            notes.append("port-forward: the connection was forwarded but no gRPC (HTTP/2) server answered on it")
+    return result, notes

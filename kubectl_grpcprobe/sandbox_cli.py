@@ -17,7 +17,12 @@ def run(args: argparse.Namespace, env: Environment) -> int:
         raise UsageError(
             f"error: the sandbox needs the 'sandbox' extra ({exc.name} is missing): pip install 'kubectl-grpcprobe[sandbox]'"
         ) from None
-    sandbox = Sandbox(args.manifests, kubeconfig_path=args.kubeconfig_out)
+    sandbox = Sandbox(
+        args.manifests,
+        kubeconfig_path=args.kubeconfig_out,
+        kubelet=not args.no_kubelet,
+        kubelet_time_scale=1 / args.kubelet_speed,
+    )
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:

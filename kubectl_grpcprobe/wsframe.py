@@ -165,9 +165,8 @@ def parse_close(payload: bytes) -> tuple[int | None, str]:
 class WebSocket:
     """One WebSocket over an already-upgraded socket (plain or TLS), driven by one thread.
 
-    The socket is switched to non-blocking so that a selector loop can wait on it: with TLS,
-    select() can report readable for bytes that carry no application data (TLS 1.3 session
-    tickets), and a blocking read would then stall the loop. Sends block up to `send_timeout`.
+    The socket is switched to non-blocking so that a selector loop can wait on it (see sockio);
+    sends block up to `send_timeout`.
     """
 
     def __init__(self, sock, *, client: bool, send_timeout: float = 30.0) -> None:
@@ -239,45 +238,11 @@ class WebSocket:
             pass
 
     def _read_available(self) -> tuple[bytes, bool]:
-        """Everything readable without blocking, and whether the stream hit EOF."""
-        import ssl
+        from .sockio import read_available
 
-        chunks = []
-        eof = False
-        while True:
-            try:
-                chunk = self.sock.recv(65536)
-            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError, InterruptedError):
-                break
-            except (ConnectionResetError, ssl.SSLEOFError, BrokenPipeError):
-                chunk = b""
-            if not chunk:
-                eof = True
-                break
-            chunks.append(chunk)
-        return b"".join(chunks), eof
+        return read_available(self.sock)
 
     def _send_all(self, data: bytes) -> None:
-        import select
-        import ssl
-        import time
+        from .sockio import send_all
 
-        view = memoryview(data)
-        deadline = time.monotonic() + self.send_timeout
-        while view:
-            try:
-                sent = self.sock.send(view)
-                view = view[sent:]
-                continue
-            except (ssl.SSLWantWriteError, BlockingIOError, InterruptedError):
-                want_read = False
-            except ssl.SSLWantReadError:
-                want_read = True
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("websocket send timed out")
-            if want_read:
-                select.select([self.sock], [], [], remaining)
-            else:
-                select.select([], [self.sock], [], remaining)
-
+        send_all(self.sock, data, self.send_timeout)

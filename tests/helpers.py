@@ -103,11 +103,18 @@ class RecordingHealth(health.HealthServicer):
     def __init__(self) -> None:
         super().__init__()
         self.metadata: list[dict[str, str]] = []
-        self.authorities: list[str] = []
+        self.watching = threading.Event()
 
     def Check(self, request, context):  # noqa: N802
         self.metadata.append(dict(context.invocation_metadata()))
         return super().Check(request, context)
+
+    def Watch(self, request, context, send_response_callback=None):  # noqa: N802
+        # The base class registers the stream's callback before it returns; from then on a
+        # status change reaches this stream. (Not a generator: grpcio calls it non-blocking.)
+        result = super().Watch(request, context, send_response_callback)
+        self.watching.set()
+        return result
 
 
 @contextmanager

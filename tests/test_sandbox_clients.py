@@ -122,6 +122,8 @@ def test_kubectl_get_pods(sandbox, version: str) -> None:
     header, row = result.stdout.splitlines()
     assert header.split() == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
     assert row.split()[:4] == ["test-grpc", "1/1", "Running", "0"]
+    one = _kubectl(version, sandbox, "get", "pod", "test-grpc")
+    assert one.stdout.split()[:9] == ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "test-grpc", "1/1", "Running", "0"]
     wide = _kubectl(version, sandbox, "get", "pods", "-o", "wide", "-A")
     assert "sandbox-node" in wide.stdout and sandbox.pod("test-grpc")["status"]["podIP"] in wide.stdout
 

@@ -166,6 +166,8 @@ def route(h: Handler, sandbox: Sandbox, user: User, verb: str, path: str) -> Non
         obj = sandbox.store.get(resource, store_ns, name)
         if obj is None:
             raise not_found(resource, name)
+        if "as=Table" in (h.headers.get("Accept") or ""):
+            return h._send_json(200, printers.table(resource, [obj], obj["metadata"]["resourceVersion"], h.q("includeObject") or "Metadata"))
         return h._send_json(200, obj)
     if verb == "DELETE":
         sandbox.authorize(user, "delete", resource, ns, name)

@@ -73,10 +73,19 @@ class Runtime:
                 flags = agnhost_flags(container)
                 if flags is None or name in net.servers:
                     continue
-                args = parse_args(flags)
-                server = AgnhostServer(
-                    port=0, http_port=0, service=args.service, delay_unhealthy_sec=args.delay_unhealthy_sec
-                )
+                try:
+                    args = parse_args(flags)
+                    server = AgnhostServer(
+                        port=0,
+                        http_port=0,
+                        service=args.service,
+                        delay_unhealthy_sec=args.delay_unhealthy_sec,
+                        enable_watch=args.enable_watch,
+                        tls_cert=_read(args.tls_cert_file),
+                        tls_key=_read(args.tls_private_key_file),
+                    )
+                except (SystemExit, OSError, ValueError):
+                    continue  # a container whose process would not start: its ports stay closed
                 net.servers[name] = server
                 net.ports[args.port] = ("127.0.0.1", server.port)
                 net.ports[args.http_port] = ("127.0.0.1", server.http_port)
@@ -102,7 +111,13 @@ class Runtime:
             from ..agnhost import AgnhostServer
 
             fresh = AgnhostServer(
-                port=0, http_port=0, service=server.service, delay_unhealthy_sec=server.delay_unhealthy_sec
+                port=0,
+                http_port=0,
+                service=server.service,
+                delay_unhealthy_sec=server.delay_unhealthy_sec,
+                enable_watch=server.enable_watch,
+                tls_cert=server.tls_cert,
+                tls_key=server.tls_key,
             )
             for port, target in list(net.ports.items()):
                 if target == ("127.0.0.1", server.port):
@@ -125,6 +140,13 @@ class Runtime:
             keys = list(self._pods)
         for namespace, name in keys:
             self.stop(namespace, name)
+
+
+def _read(path: str | None) -> bytes | None:
+    if not path:
+        return None
+    with open(path, "rb") as fh:
+        return fh.read()
 
 
 def _all_containers(pod: dict[str, Any]) -> list[dict[str, Any]]:

@@ -1,0 +1,124 @@
+"""TLS without certificate verification, for `grpc.mode: TLS` probes (Kubernetes 1.37 alpha, KEP-4939).
+
+That kubelet dials with TLS and does not verify the server's certificate. grpcio has no way to
+skip verification, so grpcio speaks plaintext HTTP/2 to a local terminator and the terminator
+speaks TLS (ALPN h2, no verification) to the server through the port-forward.
+"""
+
+from __future__ import annotations
+
+import selectors
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from .sockio import read_available, send_all
+
+
+def insecure_client_context() -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # what the kubelet's TLS mode does; only for probe targets
+    ctx.set_alpn_protocols(["h2"])
+    return ctx
+
+
+def speaks_tls(port: int, timeout: float) -> bool:
+    """Does whatever answers on 127.0.0.1:port (a forwarded pod port) complete a TLS handshake?"""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
+            with insecure_client_context().wrap_socket(raw, server_hostname=None):
+                return True
+    except (OSError, ssl.SSLError):
+        return False
+
+
+class _Terminator:
+    def __init__(self, upstream_port: int, timeout: float) -> None:
+        self.upstream_port = upstream_port
+        self.timeout = timeout
+        self.ctx = insecure_client_context()
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        self.listener.setblocking(False)
+        self.port = self.listener.getsockname()[1]
+        self.handshake_errors: list[str] = []
+        self.failure: BaseException | None = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._pairs: dict[socket.socket, socket.socket] = {}
+        self._thread = threading.Thread(target=self._run, name="grpcprobe-portforward-tls", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self.listener, selectors.EVENT_READ)
+        sel.register(self._wake_r, selectors.EVENT_READ)
+        try:
+            while True:
+                for key, _ in sel.select():
+                    sock = key.fileobj
+                    if sock is self._wake_r:
+                        return
+                    if sock is self.listener:
+                        self._accept(sel)
+                    elif sock in self._pairs:
+                        self._relay(sel, sock)  # type: ignore[arg-type]
+        except BaseException as exc:  # re-raised by the context manager
+            self.failure = exc
+        finally:
+            sel.close()
+
+    def _accept(self, sel: selectors.BaseSelector) -> None:
+        try:
+            plain, _ = self.listener.accept()
+        except BlockingIOError:
+            return
+        try:
+            raw = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=self.timeout)
+            tls = self.ctx.wrap_socket(raw, server_hostname=None)  # handshake, bounded by the timeout
+        except (OSError, ssl.SSLError) as exc:
+            self.handshake_errors.append(f"TLS handshake with the server failed: {getattr(exc, 'reason', None) or exc}")
+            plain.close()
+            return
+        for sock in (plain, tls):
+            sock.setblocking(False)
+            sel.register(sock, selectors.EVENT_READ)
+        self._pairs[plain], self._pairs[tls] = tls, plain
+
+    def _relay(self, sel: selectors.BaseSelector, sock: socket.socket) -> None:
+        peer = self._pairs[sock]
+        data, eof = read_available(sock)
+        try:
+            if data:
+                send_all(peer, data, self.timeout)
+        except (OSError, TimeoutError):
+            eof = True
+        if eof:
+            for s in (sock, peer):
+                sel.unregister(s)
+                self._pairs.pop(s, None)
+                s.close()
+
+    def close(self) -> None:
+        self._wake_w.send(b"x")
+        self._thread.join()
+        for sock in list(self._pairs):
+            sock.close()
+        self._pairs.clear()
+        for sock in (self.listener, self._wake_r, self._wake_w):
+            sock.close()
+
+
+@contextmanager
+def tls_terminator(upstream_port: int, timeout: float) -> Iterator[_Terminator]:
+    """Yield a terminator whose .port takes plaintext and relays it over TLS to 127.0.0.1:upstream_port."""
+    terminator = _Terminator(upstream_port, timeout)
+    try:
+        yield terminator
+    finally:
+        terminator.close()
+        if terminator.failure is not None and not isinstance(terminator.failure, OSError):
+            raise terminator.failure
