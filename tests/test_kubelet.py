@@ -13,7 +13,16 @@ from kubectl_grpcprobe.errors import ExitCode
 from kubectl_grpcprobe.sandbox import Sandbox
 from kubectl_grpcprobe.worker import FAILURE, SUCCESS, UNKNOWN, ProbeWorker
 
-from .helpers import BLOG_MANIFEST, agnhost_container, closed_port, container, grpcprobe, health_server, kubectl_binary, pod_manifest
+from .helpers import (
+    BLOG_MANIFEST,
+    agnhost_container,
+    closed_port,
+    container,
+    grpcprobe,
+    health_server,
+    kubectl_binary,
+    pod_manifest,
+)
 
 # -- the worker, without a clock -----------------------------------------------------------
 
