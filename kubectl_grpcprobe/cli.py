@@ -196,6 +196,7 @@ def add_output_flags(parser: argparse.ArgumentParser) -> None:
     out = parser.add_argument_group("output")
     out.add_argument("-o", "--output", choices=("text", "wide", "json"), default="text", help="text (default), wide or json")
     out.add_argument("-q", "--quiet", action="store_true", help="print nothing; the exit code tells")
+    out.add_argument("-v", "--verbose", action="store_true", help="trace configuration, API requests and the tunnel on stderr (never credentials)")
 
 
 def toggle_parser() -> Parser:
@@ -292,9 +293,12 @@ def pod_name(text: str) -> str:
     return name
 
 
-def connect(args: argparse.Namespace):
+def connect(args: argparse.Namespace, env: Environment):  # -> KubeClient, imported lazily
     from . import kubeconfig
     from .kubeapi import KubeClient
+
+    def trace(line: str) -> None:
+        env.stderr.write(f"[grpcprobe] {line}\n")
 
     cfg = kubeconfig.load(
         kubeconfig.Overrides(
@@ -307,7 +311,13 @@ def connect(args: argparse.Namespace):
             impersonate_groups=args.impersonate_groups,
         )
     )
-    return KubeClient(cfg, request_timeout=args.request_timeout / 1e9 if args.request_timeout else None)
+    if args.verbose:
+        trace(f"context {cfg.context or '(none)'}, server {cfg.server}, namespace {cfg.namespace}, auth {cfg.auth_kind()}")
+    return KubeClient(
+        cfg,
+        request_timeout=args.request_timeout / 1e9 if args.request_timeout else None,
+        trace=trace if args.verbose else None,
+    )
 
 
 def probe_options(args: argparse.Namespace):
@@ -331,7 +341,7 @@ def probe_command(args: argparse.Namespace, env: Environment) -> int:
     fmt = "quiet" if args.quiet else args.output
     if not args.watch and (args.period or args.count or args.watch_rpc):
         raise UsageError("error: --period, --count and --watch-rpc go with --watch")
-    client = connect(args)
+    client = connect(args, env)
     try:
         if args.watch:
             from .watch import watch
@@ -365,7 +375,7 @@ def toggle_command(args: argparse.Namespace, env: Environment) -> int:
     pod = pod_name(args.pod)
     path = args.serving_path if args.serving else args.not_serving_path
     fmt = "quiet" if args.quiet else args.output
-    client = connect(args)
+    client = connect(args, env)
     try:
         namespace = client.cfg.namespace
         before = client.get_pod(namespace, pod)

@@ -39,9 +39,9 @@ class NothingToProbe(GrpcProbeError):
 
 
 class ConfigError(GrpcProbeError):
-    """The kubeconfig or in-cluster configuration cannot be used."""
+    """The kubeconfig or in-cluster configuration cannot be used: the invocation cannot work as given."""
 
-    exit_code = ExitCode.UNREACHABLE
+    exit_code = ExitCode.USAGE
 
 
 class ApiError(GrpcProbeError):

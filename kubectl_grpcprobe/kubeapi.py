@@ -23,8 +23,10 @@ USER_AGENT = f"kubectl-grpcprobe/{__version__}"
 
 
 class KubeClient:
-    def __init__(self, cfg: ClusterConfig, request_timeout: float | None = 30.0) -> None:
+    def __init__(self, cfg: ClusterConfig, request_timeout: float | None = 30.0, trace: Any = None) -> None:
+        """trace: optional callable taking one line (-v). It never receives headers or credentials."""
         self.cfg = cfg
+        self.trace = trace or (lambda line: None)
         url = urlsplit(cfg.server)
         if url.scheme not in ("https", "http") or not url.hostname:
             raise ConnectError(f'error: server "{cfg.server}" in the kubeconfig is not an http(s) URL')
@@ -58,6 +60,7 @@ class KubeClient:
         except OSError as exc:
             raise ConnectError(f"error: unable to connect to the server {self.where}: {exc.strerror or exc}") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.trace(f"connected to {self.where}{' (TLS)' if self.tls else ''}")
         if not self.tls:
             return sock
         if self._ssl is None:
@@ -96,6 +99,7 @@ class KubeClient:
                 conn.sock = self.connect(self.timeout)
                 self._conn = conn
             conn = self._conn
+            started = time.perf_counter()
             try:
                 conn.putrequest("GET", self._path(path, query), skip_host=False, skip_accept_encoding=True)
                 for key, value in self._headers():
@@ -103,6 +107,7 @@ class KubeClient:
                 conn.endheaders()
                 response = conn.getresponse()
                 body = response.read()
+                self.trace(f"GET {path} -> {response.status} in {(time.perf_counter() - started) * 1000:.1f}ms")
             except TimeoutError:
                 self.close()
                 raise ConnectError(
@@ -153,7 +158,20 @@ class KubeClient:
             conn.close()
 
     def get_pod(self, namespace: str, name: str) -> dict[str, Any]:
-        return self.get(f"/api/v1/namespaces/{quote(namespace, safe='')}/pods/{quote(name, safe='')}")
+        try:
+            return self.get(f"/api/v1/namespaces/{quote(namespace, safe='')}/pods/{quote(name, safe='')}")
+        except ApiError as err:
+            if err.code == 404 and self._namespace_missing(namespace):
+                raise ApiError(404, "NotFound", f'namespaces "{namespace}" not found (pod "{name}" looked up there)') from None
+            raise
+
+    def _namespace_missing(self, namespace: str) -> bool:
+        """Only on the error path: a clearer message than `pods "x" not found` for a mistyped -n."""
+        try:
+            self.get(f"/api/v1/namespaces/{quote(namespace, safe='')}")
+        except ApiError as err:
+            return err.code == 404
+        return False
 
     def server_version(self) -> dict[str, Any]:
         return self.get("/version")
@@ -183,6 +201,7 @@ class KubeClient:
             status_line, _, header_block = head.partition("\r\n")
             parts = status_line.split(" ", 2)
             status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+            self.trace(f"upgrade {path} (ports {', '.join(str(v) for k, v in query if k == 'ports')}) -> {status}")
             headers = {}
             for line in header_block.split("\r\n"):
                 name, _, value = line.partition(":")

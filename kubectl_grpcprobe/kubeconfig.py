@@ -70,6 +70,20 @@ class ClusterConfig:
         ctx.set_alpn_protocols(["http/1.1"])
         return ctx
 
+    def auth_kind(self) -> str:
+        """How we authenticate, for -v: the kind only, never the material."""
+        kinds = []
+        if self.token:
+            kinds.append("bearer token")
+        elif self.username is not None:
+            kinds.append("basic")
+        if self.client_cert:
+            kinds.append("client certificate")
+        if self.impersonate:
+            kinds.append(f"as {self.impersonate}")
+        tls = "TLS verification off (insecure-skip-tls-verify)" if self.insecure else "TLS verified"
+        return (", ".join(kinds) or "anonymous") + f"; {tls}"
+
     def auth_headers(self) -> dict[str, str]:
         headers: dict[str, str] = {}
         if self.token:

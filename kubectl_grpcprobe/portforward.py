@@ -19,16 +19,20 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from . import wsframe
-from .errors import TunnelError
+from .errors import ApiError, TunnelError
 from .kubeapi import KubeClient
 
 PROTOCOLS = ["v4.channel.k8s.io", "v4.base64.channel.k8s.io"]
+RBAC_HINT = (
+    "a port-forward needs get and create on pods/portforward "
+    '(RBAC rule: apiGroups [""], resources ["pods/portforward"], verbs ["get", "create"])'
+)
 
 
 @dataclass
@@ -158,10 +162,8 @@ class _Bridge:
         self._pairs.append(pair)
         sel.register(local, selectors.EVENT_READ, (pair, "local"))
         sel.register(sock, selectors.EVENT_READ, (pair, "remote"))
-        if rest:
-            self._handle_messages(sel, pair, ws.feed(rest))
-            if ws.peer_closed:
-                self._close_pair(sel, pair)
+        if rest:  # frames that arrived with the upgrade response
+            self._receive(sel, pair, lambda: ws.feed(rest))
 
     def _close_pair(self, sel: selectors.BaseSelector, pair: _Pair, *, dropped: bool = False) -> None:
         if pair not in self._pairs:
@@ -194,8 +196,11 @@ class _Bridge:
             self._close_pair(sel, pair, dropped=True)
 
     def _from_remote(self, sel: selectors.BaseSelector, pair: _Pair) -> None:
+        self._receive(sel, pair, pair.ws.receive)
+
+    def _receive(self, sel: selectors.BaseSelector, pair: _Pair, read: Callable[[], list[tuple[int, bytes]]]) -> None:
         try:
-            messages = pair.ws.receive()
+            messages = read()
         except wsframe.ConnectionClosed as closed:
             self._close_pair(sel, pair, dropped=closed.code is None)
             return
@@ -254,6 +259,11 @@ def port_forward(client: KubeClient, namespace: str, pod: str, port: int, *, tim
     bridge = _Bridge(client, path, port, timeout, forward)
     try:
         bridge.start()
+    except ApiError as err:
+        bridge.stop()
+        if err.code == 403:
+            raise ApiError(403, err.reason, f"{err.message}; {RBAC_HINT}") from None
+        raise
     except BaseException:
         bridge.stop()
         raise
@@ -262,5 +272,5 @@ def port_forward(client: KubeClient, namespace: str, pod: str, port: int, *, tim
         yield forward
     finally:
         bridge.stop()
-        if bridge.failure is not None and not isinstance(bridge.failure, (OSError, wsframe.ProtocolError)):
-            raise TunnelError(f"error: port-forward bridge failed: {bridge.failure!r}") from bridge.failure
+        if bridge.failure is not None:  # the loop's own errors are handled per connection: this is a bug
+            raise TunnelError(f"error: the port-forward bridge failed: {bridge.failure!r}") from bridge.failure

@@ -64,6 +64,15 @@ def ensure_running(pod: dict[str, Any]) -> None:
         raise PodNotRunning(f"error: unable to forward port because pod is not running. Current status={phase}")
 
 
+def terminating_note(pod: dict[str, Any]) -> list[str]:
+    """A pod being deleted still runs and is still probed; say so, since it explains what follows."""
+    meta = pod.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
+        grace = meta.get("deletionGracePeriodSeconds")
+        return [f"pod is being deleted (Terminating since {meta['deletionTimestamp']}, grace period {grace}s)"]
+    return []
+
+
 def user_agent_for(client: KubeClient) -> str:
     version = client.server_version()
     return f"kube-probe/{version.get('major', '')}.{version.get('minor', '')}"
@@ -86,6 +95,7 @@ def probe_pod(client: KubeClient, namespace: str, name: str, options: ProbeOptio
     agent = options.user_agent or user_agent_for(client)
     api_ms = (time.perf_counter() - started) * 1000
     ip = pod_ip(pod) or "<none>"
+    terminating = terminating_note(pod)
 
     reports: list[Report] = []
     by_port: dict[int, list[Target]] = {}
@@ -96,7 +106,7 @@ def probe_pod(client: KubeClient, namespace: str, name: str, options: ProbeOptio
             for target in group:
                 t0 = time.perf_counter()
                 result, notes = execute(fwd, target, ip, agent)
-                report = Report(namespace, name, ip, target, result, diagnostics=notes)
+                report = Report(namespace, name, ip, target, result, diagnostics=terminating + notes)
                 report.timings = {"api": api_ms, "tunnel": fwd.setup_ms, "total": (time.perf_counter() - t0) * 1000}
                 if result.connect_ms is not None:
                     report.timings["connect"] = result.connect_ms
@@ -125,7 +135,8 @@ def execute(fwd: Any, target: Target, ip: str, agent: str) -> tuple[ProbeResult,
     if result.outcome is Outcome.UNREACHABLE and not notes:
         from .tlsproxy import speaks_tls
 
-        if not target.tls and speaks_tls(fwd.local_port, min(1.0, target.timeout_ns / 1e9)):
+        # A short look: a TLS server through the tunnel answers a handshake in milliseconds.
+        if not target.tls and speaks_tls(fwd.local_port, 0.25):
             notes.append(
                 "hint: the server wants TLS; the kubelet probes in plaintext unless the probe sets grpc.mode: TLS (Kubernetes 1.37+)"
             )

@@ -74,6 +74,8 @@ class Sandbox:
         self._thread: threading.Thread | None = None
         self._pod_ips = 0
         self.requests: list[tuple[str, str]] = []  # (verb, path) of every API request, for tests
+        self.portforward_requested = threading.Event()  # set at every pods/portforward request
+        self.active_forwards: set[Any] = set()  # WebSockets forwarding right now
         self._lock = threading.Lock()
         token = secrets.token_urlsafe(24)
         self.users = {
@@ -360,6 +362,27 @@ class Sandbox:
             pod["metadata"]["deletionGracePeriodSeconds"] = 30
 
         return self.update_pod(name, mutate, namespace)
+
+    def drop_forwards(self) -> int:
+        """Cut every port-forward WebSocket now, without a close frame (a dropped connection)."""
+        import socket
+
+        dropped = list(self.active_forwards)
+        for ws in dropped:
+            try:
+                # The TCP socket underneath, not SSLSocket.shutdown: that would also drop the TLS
+                # state the forwarding thread is using at this moment.
+                socket.socket.shutdown(ws.sock, socket.SHUT_RDWR)
+            except OSError:
+                pass
+        return len(dropped)
+
+    def add_user(self, name: str, token: str, denied: frozenset[tuple[str, str]] = frozenset()) -> User:
+        """Another bearer-token user (tests: canary tokens, custom RBAC denials)."""
+        user = User(name, token=token, denied=denied)
+        self.users[name] = user
+        self._by_token[token] = user
+        return user
 
     def server_for(self, name: str, container: str, namespace: str = "default") -> Any:
         """The agnhost server playing a container (None when the container is not agnhost)."""

@@ -90,6 +90,9 @@ def route(h: Handler, sandbox: Sandbox, user: User, verb: str, path: str) -> Non
         raise ApiError(404, "NotFound", "the server could not find the requested resource")
 
     if sub == "portforward":
+        sandbox.portforward_requested.set()
+        if sandbox.faults.stall_portforward and h.server.stop_event.wait(sandbox.faults.stall_portforward):
+            return None
         if verb not in ("GET", "POST"):
             raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
         sandbox.authorize(user, "get", "pods/portforward", ns, name)

@@ -26,6 +26,7 @@ class Faults:
     chunk_latency: float = 0.0  # seconds added before each forwarded chunk, both directions
     drop_after_bytes: int | None = None  # drop the WebSocket (no close frame) after this many bytes
     stall_api: float = 0.0  # seconds every API request waits before it is answered
+    stall_portforward: float = 0.0  # seconds a port-forward upgrade waits before it is answered
 
 
 def _dial_error(port: int, exc: OSError) -> str:
@@ -67,6 +68,25 @@ def decode_message(opcode: int, payload: bytes, base64_mode: bool) -> tuple[int,
 
 
 def serve(
+    ws: wsframe.WebSocket,
+    ports: list[int],
+    base64_mode: bool,
+    net: Any,
+    faults: Faults,
+    stop: threading.Event,
+    active: set[wsframe.WebSocket] | None = None,
+) -> None:
+    """Forward until every port is done; `active` (if given) holds the WebSocket meanwhile, for drop tests."""
+    if active is not None:
+        active.add(ws)
+    try:
+        _serve(ws, ports, base64_mode, net, faults, stop)
+    finally:
+        if active is not None:
+            active.discard(ws)
+
+
+def _serve(
     ws: wsframe.WebSocket,
     ports: list[int],
     base64_mode: bool,

@@ -260,4 +260,6 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
         self.close_connection = True
         ws = wsframe.WebSocket(self.connection, client=False)
-        forwarding.serve(ws, ports, chosen == "v4.base64.channel.k8s.io", net, sandbox.faults, self.server.stop_event)
+        forwarding.serve(
+            ws, ports, chosen == "v4.base64.channel.k8s.io", net, sandbox.faults, self.server.stop_event, sandbox.active_forwards
+        )
