@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: test lint demo bench clean
+.PHONY: test lint demo bench dist clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ test: lint
 
 demo: $(VENV)/.installed
 	bash scripts/demo.sh
+
+dist: $(VENV)/.installed
+	$(PY) scripts/dist.py
 
 bench: $(VENV)/.installed
 	$(PY) bench/bench_probe.py

@@ -270,6 +270,10 @@ def _first_positional(argv: Sequence[str], parser: argparse.ArgumentParser) -> s
 
 
 def run(argv: Sequence[str], env: Environment) -> int:
+    if argv[:1] == ["__complete"]:  # the krew bundle's completion script calls this
+        from .completion import main as complete
+
+        return complete(argv[1:], env.stdout)
     parser = probe_parser()
     command = _first_positional(argv, parser)
     if command in SUBCOMMANDS:
