@@ -145,6 +145,7 @@ def probe_parser() -> Parser:
         prog="kubectl grpcprobe",
         usage=(
             "kubectl grpcprobe [flags] POD\n"
+            "       kubectl grpcprobe [flags] (POD | TYPE/NAME)... | -l SELECTOR | -A\n"
             "       kubectl grpcprobe toggle POD --serving|--not-serving [flags]\n"
             "       kubectl grpcprobe sandbox up [-f MANIFEST] [--kubeconfig-out PATH]"
         ),
@@ -155,7 +156,18 @@ def probe_parser() -> Parser:
         epilog=EXAMPLES + "\n" + EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("pod", metavar="POD", help="the pod: NAME or pod/NAME")
+    parser.add_argument(
+        "targets",
+        metavar="POD",
+        nargs="*",
+        help="NAME or pod/NAME; several, or TYPE/NAME for deploy, rs, sts, ds, job, svc (their pods)",
+    )
+    fleet = parser.add_argument_group("many pods at once")
+    fleet.add_argument("-l", "--selector", help="label selector, as kubectl (e.g. app=web,tier!=db)")
+    fleet.add_argument("--field-selector", help="field selector, as kubectl (e.g. status.phase=Running)")
+    fleet.add_argument("-A", "--all-namespaces", action="store_true", help="select pods in every namespace")
+    fleet.add_argument("--parallel", type=_positive, default=16, metavar="N", help="pods probed at once (default 16)")
+    fleet.add_argument("--deadline", type=_duration, metavar="DURATION", help="overall time limit; pods not reached by then are reported")
     sel = add_selection_flags(parser)
     sel.add_argument("--port", type=_port, help="check this port directly (ad hoc; beyond the pod's own probes)")
     sel.add_argument(
@@ -338,13 +350,18 @@ def probe_options(args: argparse.Namespace):
 
 
 def probe_command(args: argparse.Namespace, env: Environment) -> int:
+    from .fleet import is_fleet
     from .output import render
     from .runner import probe_pod
 
-    pod = pod_name(args.pod)
     fmt = "quiet" if args.quiet else args.output
     if not args.watch and (args.period or args.count or args.watch_rpc):
         raise UsageError("error: --period, --count and --watch-rpc go with --watch")
+    if is_fleet(args.targets, args.selector, args.field_selector, args.all_namespaces):
+        if args.watch:
+            raise UsageError("error: --watch follows one pod; name a single pod")
+        return fleet_command(args, env, fmt)
+    pod = pod_name(args.targets[0])
     client = connect(args, env)
     try:
         if args.watch:
@@ -366,6 +383,46 @@ def probe_command(args: argparse.Namespace, env: Environment) -> int:
         client.close()
     render(reports, fmt, env)
     return int(most_severe([r.exit_code for r in reports]))
+
+
+def fleet_command(args: argparse.Namespace, env: Environment, fmt: str) -> int:
+    from .fleet import probe_fleet, select_pods
+    from .output import Progress, render_fleet
+    from .runner import user_agent_for
+
+    client = connect(args, env)
+    try:
+        options = probe_options(args)
+        pods, outcomes = select_pods(
+            client,
+            client.cfg.namespace,
+            args.targets,
+            selector=args.selector,
+            field_selector=args.field_selector,
+            all_namespaces=args.all_namespaces,
+        )
+        if not pods and not outcomes:
+            where = "any namespace" if args.all_namespaces else f'namespace "{client.cfg.namespace}"'
+            raise UsageError(f"error: no pods found in {where}")
+        agent = options.user_agent or user_agent_for(client)
+        with Progress(env, len(pods), enabled=fmt != "quiet") as progress:
+            reports, more = probe_fleet(
+                client,
+                pods,
+                options,
+                agent,
+                parallel=args.parallel,
+                deadline_s=args.deadline / 1e9 if args.deadline else None,
+                progress=progress.update,
+            )
+    finally:
+        client.close()
+    outcomes += more
+    render_fleet(reports, outcomes, fmt, env)
+    codes = [r.exit_code for r in reports] + [o.exit_code for o in outcomes if not o.skipped]
+    if not reports and all(o.skipped for o in outcomes):
+        return int(ExitCode.USAGE)  # nothing had a gRPC probe
+    return int(most_severe(codes))
 
 
 def toggle_command(args: argparse.Namespace, env: Environment) -> int:

@@ -228,3 +228,102 @@ class WatchPrinter:
                 line += f"; rpc latency min {ms(lat['min'])} / median {ms(lat['median'])} / p99 {ms(lat['p99'])} / max {ms(lat['max'])}"  # type: ignore[index]
             self.env.stdout.write(line + "\n")
         self.env.stdout.flush()
+
+
+class Progress:
+    """`probing 57/200 pods` on stderr, only on a terminal and for more than a few pods; erased at the end."""
+
+    def __init__(self, env: Environment, total: int, *, enabled: bool = True) -> None:
+        isatty = getattr(env.stderr, "isatty", lambda: False)()
+        self.env, self.total = env, total
+        self.enabled = enabled and isatty and total > 5
+
+    def update(self, done: int, total: int) -> None:
+        if self.enabled:
+            self.env.stderr.write(f"\rprobing {done}/{total} pods")
+            self.env.stderr.flush()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self.env.stderr.write("\r\x1b[K")
+            self.env.stderr.flush()
+
+
+KIND_ORDER = {"startup": 0, "liveness": 1, "readiness": 2, "adhoc": 3}
+
+
+def fleet_summary(reports: list[Report], outcomes: list) -> dict[str, int]:
+    from .probe import Outcome
+
+    healthy = sum(r.result.outcome is Outcome.HEALTHY for r in reports)
+    unreachable = sum(r.result.outcome is Outcome.UNREACHABLE for r in reports)
+    return {
+        "probes": len(reports),
+        "healthy": healthy,
+        "unhealthy": len(reports) - healthy - unreachable,
+        "unreachable": unreachable,
+        "podsNotProbed": sum(not o.skipped for o in outcomes),
+        "podsWithoutGrpcProbe": sum(o.skipped for o in outcomes),
+    }
+
+
+def render_fleet(reports: list[Report], outcomes: list, fmt: str, env: Environment) -> None:
+    """A table sorted by namespace, pod, container, probe; pods that could not be probed; a summary line."""
+    if fmt == "quiet":
+        return
+    reports = sorted(reports, key=lambda r: (r.namespace, r.pod, r.target.container, KIND_ORDER[r.target.kind], r.target.service))
+    outcomes = sorted(outcomes, key=lambda o: (o.namespace, o.pod))  # json keeps these orders too
+    summary = fleet_summary(reports, outcomes)
+    if fmt == "json":
+        doc = {
+            "apiVersion": SCHEMA_VERSION,
+            "kind": "ProbeReport",
+            "exitCode": int(most_severe([r.exit_code for r in reports] + [o.exit_code for o in outcomes if not o.skipped])),
+            "probes": [report_dict(r) for r in reports],
+            "pods": [
+                {"namespace": o.namespace, "pod": o.pod, "message": o.message, "exitCode": int(o.exit_code), "skipped": o.skipped}
+                for o in outcomes
+            ],
+            "summary": summary,
+        }
+        env.stdout.write(json.dumps(doc, indent=2) + "\n")
+        return
+    from .gostr import duration, quote
+
+    wide = fmt == "wide"
+    header = ["NAMESPACE", "POD", "CONTAINER", "PROBE", "RESULT", "RPC"]
+    if wide:
+        header[5:5] = ["TARGET", "SERVICE", "TIMEOUT"]
+        header += ["TUNNEL", "CONNECT"]
+    header.append("OUTPUT")
+    keyed: list[tuple[tuple[object, ...], list[str]]] = []
+    for r in reports:
+        row = [r.namespace, r.pod, r.target.container, r.target.kind, r.result.result, ms(r.timings.get("rpc"))]
+        if wide:
+            row[5:5] = [r.address, quote(r.target.service), duration(r.target.timeout_ns)]
+            row += [ms(r.timings.get("tunnel")), ms(r.timings.get("connect"))]
+        row.append(r.result.output)
+        keyed.append(((r.namespace, r.pod, r.target.container, KIND_ORDER[r.target.kind], r.target.service), row))
+    for o in outcomes:
+        if o.skipped and not wide:
+            continue
+        row = [o.namespace, o.pod, "-", "-", "skipped" if o.skipped else "error", "-"]
+        if wide:
+            row[5:5] = ["-", "-", "-"]
+            row += ["-", "-"]
+        row.append(o.message)
+        keyed.append(((o.namespace, o.pod, "", -1, ""), row))
+    rows = [header] + [row for _, row in sorted(keyed, key=lambda item: item[0])]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    for row in rows:
+        env.stdout.write(("   ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])) + "   " + row[-1]).rstrip() + "\n")
+    line = f"{summary['probes']} probes: {summary['healthy']} healthy, {summary['unhealthy']} unhealthy, {summary['unreachable']} unreachable"
+    if summary["podsNotProbed"]:
+        line += f"; {summary['podsNotProbed']} pods not probed"
+    if summary["podsWithoutGrpcProbe"]:
+        line += f"; {summary['podsWithoutGrpcProbe']} pods without a gRPC probe"
+    env.stdout.write(line + "\n")
+    _diagnostics(reports, env)

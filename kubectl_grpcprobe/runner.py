@@ -79,11 +79,16 @@ def user_agent_for(client: KubeClient) -> str:
 
 
 def probe_pod(client: KubeClient, namespace: str, name: str, options: ProbeOptions) -> list[Report]:
-    from .portforward import port_forward
-
     started = time.perf_counter()
     pod = client.get_pod(namespace, name)
-    targets = resolve(
+    targets = resolve_for(pod, options)
+    ensure_running(pod)
+    agent = options.user_agent or user_agent_for(client)
+    return probe_targets(client, pod, targets, agent, api_ms=(time.perf_counter() - started) * 1000)
+
+
+def resolve_for(pod: dict[str, Any], options: ProbeOptions) -> list[Target]:
+    return resolve(
         pod,
         container=options.container,
         kinds=options.kinds,
@@ -91,18 +96,23 @@ def probe_pod(client: KubeClient, namespace: str, name: str, options: ProbeOptio
         services=options.services,
         timeout_ns=options.timeout_ns,
     )
-    ensure_running(pod)
-    agent = options.user_agent or user_agent_for(client)
-    api_ms = (time.perf_counter() - started) * 1000
+
+
+def probe_targets(
+    client: KubeClient, pod: dict[str, Any], targets: list[Target], agent: str, *, api_ms: float, tunnel_timeout: float | None = None
+) -> list[Report]:
+    """Forward each port of a running pod once and run its targets through it."""
+    from .portforward import port_forward
+
+    namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
     ip = pod_ip(pod) or "<none>"
     terminating = terminating_note(pod)
-
     reports: list[Report] = []
     by_port: dict[int, list[Target]] = {}
     for target in targets:
         by_port.setdefault(target.port, []).append(target)
     for port, group in by_port.items():
-        with port_forward(client, namespace, name, port, timeout=client.timeout or 30.0) as fwd:
+        with port_forward(client, namespace, name, port, timeout=tunnel_timeout or client.timeout or 30.0) as fwd:
             for target in group:
                 t0 = time.perf_counter()
                 result, notes = execute(fwd, target, ip, agent)

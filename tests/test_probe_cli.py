@@ -264,8 +264,8 @@ def test_namespace_flag_and_context_default(sandbox) -> None:
         (["test-grpc", "--port", "70000"], "invalid port 70000"),
         (["test-grpc", "--probe", "ready"], "invalid probe kind 'ready'"),
         (["test-grpc", "--timeout", "soon"], "invalid duration 'soon'"),
-        (["deploy/x"], "'deploy/x' is not a pod"),
-        ([], "the following arguments are required: POD"),
+        (["cronjob/x"], "'cronjob/x': unsupported type 'cronjob' (use pod, deploy, rs, sts, ds, job or svc)"),
+        ([], "error: say which pods: POD, TYPE/NAME, -l/--selector, --field-selector or -A"),
     ],
 )
 def test_bad_flags(sandbox, args: list[str], message: str) -> None:

@@ -247,6 +247,8 @@ class Sandbox:
         if resource == "events":
             body.setdefault("metadata", {})["namespace"] = namespace
             return body if dry_run else self.store.create("events", body)
+        if resource != "pods":
+            return self._create_object(resource, body, namespace, dry_run=dry_run)
         podlib.apply_defaults(body, namespace)
         podlib.validate(body)
         if dry_run:
@@ -262,6 +264,24 @@ class Sandbox:
         self._record_start_events(created)
         if self.kubelet is not None:
             self.kubelet.pod_started(created)
+        return created
+
+    def _create_object(self, resource: str, body: dict[str, Any], namespace: str, *, dry_run: bool) -> dict[str, Any]:
+        """Services and workloads; a workload's pods are created at once from its template."""
+        from . import workloads
+        from .api import GROUPS, RESOURCE_GROUP
+
+        gv = RESOURCE_GROUP[resource]
+        kind = GROUPS[gv][resource][0]
+        workloads.finish_metadata(body, namespace, gv, kind)
+        if dry_run:
+            return body
+        children = workloads.expand(kind, body)
+        pods = sum(int((c.get("spec") or {}).get("replicas", 1)) if r == "replicasets" else 1 for r, c in children)
+        workloads.set_status(kind, body, pods)
+        created = self.store.create(resource, body)
+        for child_resource, child in children:
+            self.create(child_resource, child, namespace)
         return created
 
     def _initial_ready(self, container: dict[str, Any]) -> bool:
@@ -290,8 +310,10 @@ class Sandbox:
                 for item in doc.get("items") or []:
                     created += self.apply(item)
                 continue
+            from .api import KIND_RESOURCE
+
             kind = doc.get("kind")
-            resource = {"Pod": "pods", "Namespace": "namespaces", "Event": "events"}.get(kind)
+            resource = KIND_RESOURCE.get(kind)
             if resource is None:
                 raise ValueError(f"the sandbox does not serve kind {kind!r}")
             ns = (doc.get("metadata") or {}).get("namespace") or "default"

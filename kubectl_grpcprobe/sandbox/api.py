@@ -15,20 +15,46 @@ if TYPE_CHECKING:
     from . import Sandbox, User
     from .server import Handler
 
-# resource -> (kind, namespaced, short names, verbs)
-CORE_RESOURCES: dict[str, tuple[str, bool, list[str], list[str]]] = {
-    "pods": ("Pod", True, ["po"], ["create", "delete", "get", "list", "watch"]),
-    "events": ("Event", True, ["ev"], ["create", "get", "list", "watch"]),
-    "namespaces": ("Namespace", False, ["ns"], ["create", "get", "list", "watch"]),
+_RW = ["create", "delete", "get", "list", "watch"]
+# group/version -> resource -> (kind, namespaced, short names, verbs). Resource names are unique across groups.
+GROUPS: dict[str, dict[str, tuple[str, bool, list[str], list[str]]]] = {
+    "v1": {
+        "pods": ("Pod", True, ["po"], _RW),
+        "events": ("Event", True, ["ev"], ["create", "get", "list", "watch"]),
+        "namespaces": ("Namespace", False, ["ns"], ["create", "get", "list", "watch"]),
+        "services": ("Service", True, ["svc"], _RW),
+    },
+    "apps/v1": {
+        "deployments": ("Deployment", True, ["deploy"], _RW),
+        "replicasets": ("ReplicaSet", True, ["rs"], _RW),
+        "statefulsets": ("StatefulSet", True, ["sts"], _RW),
+        "daemonsets": ("DaemonSet", True, ["ds"], _RW),
+    },
+    "batch/v1": {"jobs": ("Job", True, [], _RW)},
 }
+CORE_RESOURCES = GROUPS["v1"]
+RESOURCE_GROUP = {resource: gv for gv, resources in GROUPS.items() for resource in resources}
+KIND_RESOURCE = {kind: resource for resources in GROUPS.values() for resource, (kind, *_rest) in resources.items()}
 _PATH = re.compile(
-    r"^/api/v1(?:/namespaces/(?P<ns>[^/]+))?/(?P<resource>[a-z]+)(?:/(?P<name>[^/]+))?(?:/(?P<sub>[a-z]+))?$"
+    r"^/(?:api/(?P<core>v1)|apis/(?P<gv>[a-z.]+/v1))(?:/namespaces/(?P<ns>[^/]+))?/(?P<resource>[a-z]+)"
+    r"(?:/(?P<name>[^/]+))?(?:/(?P<sub>[a-z]+))?$"
 )
 
 
-def discovery_core() -> dict[str, Any]:
+def discovery_groups() -> dict[str, Any]:
+    groups = []
+    for gv in GROUPS:
+        if gv == "v1":
+            continue
+        group, version = gv.split("/")
+        entry = {"groupVersion": gv, "version": version}
+        groups.append({"name": group, "versions": [entry], "preferredVersion": entry})
+    return {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
+
+
+def discovery_core(gv: str = "v1") -> dict[str, Any]:
     resources = []
-    for name, (kind, namespaced, short, verbs) in CORE_RESOURCES.items():
+    for name, (kind, namespaced, short, verbs) in GROUPS[gv].items():
         entry: dict[str, Any] = {
             "name": name,
             "singularName": kind.lower(),
@@ -41,11 +67,12 @@ def discovery_core() -> dict[str, Any]:
         if name == "pods":
             entry["categories"] = ["all"]
         resources.append(entry)
-    resources.append(
-        {"name": "pods/portforward", "singularName": "", "namespaced": True, "kind": "PodPortForwardOptions", "verbs": ["create", "get"]}
-    )
-    resources.append({"name": "pods/status", "singularName": "", "namespaced": True, "kind": "Pod", "verbs": ["get"]})
-    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1", "resources": resources}
+    if gv == "v1":
+        resources.append(
+            {"name": "pods/portforward", "singularName": "", "namespaced": True, "kind": "PodPortForwardOptions", "verbs": ["create", "get"]}
+        )
+        resources.append({"name": "pods/status", "singularName": "", "namespaced": True, "kind": "Pod", "verbs": ["get"]})
+    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}
 
 
 def route(h: Handler, sandbox: Sandbox, user: User, verb: str, path: str) -> None:
@@ -74,16 +101,20 @@ def route(h: Handler, sandbox: Sandbox, user: User, verb: str, path: str) -> Non
             },
         )
     if path == "/apis":
-        return h._send_json(200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": []})
+        return h._send_json(200, discovery_groups())
     if path == "/api/v1":
         return h._send_json(200, discovery_core())
+    if path.startswith("/apis/") and path[len("/apis/") :] in GROUPS:
+        return h._send_json(200, discovery_core(path[len("/apis/") :]))
     if path.startswith("/openapi/"):
         return _openapi(h, sandbox, path)
     match = _PATH.match(path)
-    if not match or match["resource"] not in CORE_RESOURCES:
+    gv = (match["core"] or match["gv"]) if match else None
+    if not match or gv not in GROUPS or match["resource"] not in GROUPS[gv]:
         raise ApiError(404, "NotFound", "the server could not find the requested resource")
     resource, ns, name, sub = match["resource"], match["ns"], match["name"], match["sub"]
-    kind, namespaced, _, _ = CORE_RESOURCES[resource]
+    kind, namespaced, _, _ = GROUPS[gv][resource]
+    qualified = resource if gv == "v1" else f"{resource}.{gv.split('/')[0]}"  # as the API's NotFound names it
     if not namespaced and ns is not None:
         raise ApiError(404, "NotFound", "the server could not find the requested resource")
     if sub and resource != "pods":
@@ -138,7 +169,7 @@ def route(h: Handler, sandbox: Sandbox, user: User, verb: str, path: str) -> Non
             for item in items:
                 item.pop("kind", None)
                 item.pop("apiVersion", None)
-            return h._send_json(200, {"kind": f"{kind}List", "apiVersion": "v1", "metadata": {"resourceVersion": rv}, "items": items})
+            return h._send_json(200, {"kind": f"{kind}List", "apiVersion": gv, "metadata": {"resourceVersion": rv}, "items": items})
         if verb == "POST":
             sandbox.authorize(user, "create", resource, ns, None)
             body = h._read_body()
@@ -168,7 +199,7 @@ def route(h: Handler, sandbox: Sandbox, user: User, verb: str, path: str) -> Non
         sandbox.authorize(user, "get", resource, ns, name)
         obj = sandbox.store.get(resource, store_ns, name)
         if obj is None:
-            raise not_found(resource, name)
+            raise not_found(qualified, name)
         if "as=Table" in (h.headers.get("Accept") or ""):
             return h._send_json(200, printers.table(resource, [obj], obj["metadata"]["resourceVersion"], h.q("includeObject") or "Metadata"))
         return h._send_json(200, obj)
@@ -178,7 +209,7 @@ def route(h: Handler, sandbox: Sandbox, user: User, verb: str, path: str) -> Non
         try:
             deleted = sandbox.delete(resource, store_ns, name)
         except NotFound as exc:
-            raise not_found(resource, name) from exc
+            raise not_found(qualified, name) from exc
         return h._send_json(200, deleted)
     raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
 
@@ -198,8 +229,8 @@ def _openapi(h: Handler, sandbox: Sandbox, path: str) -> None:
         return None
     if path == "/openapi/v3":
         return h._send_json(200, openapi.v3_index(sandbox.version))
-    if path == "/openapi/v3/api/v1":
-        return h._send_json(200, openapi.v3_document(sandbox.version))
+    if path.startswith("/openapi/v3/") and path[len("/openapi/v3/") :] in openapi.V3_PATHS:
+        return h._send_json(200, openapi.v3_document(sandbox.version, openapi.V3_PATHS[path[len("/openapi/v3/") :]]))
     raise ApiError(404, "NotFound", "the server could not find the requested resource")
 
 

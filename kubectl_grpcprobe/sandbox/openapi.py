@@ -13,10 +13,16 @@ import hashlib
 import json
 
 # (kind, path of the object) for each kind the sandbox can create.
-KINDS = [
-    ("Pod", "/api/v1/namespaces/{namespace}/pods/{name}"),
-    ("Event", "/api/v1/namespaces/{namespace}/events/{name}"),
-    ("Namespace", "/api/v1/namespaces/{name}"),
+KINDS = [  # (group, kind, path of the object)
+    ("", "Pod", "/api/v1/namespaces/{namespace}/pods/{name}"),
+    ("", "Event", "/api/v1/namespaces/{namespace}/events/{name}"),
+    ("", "Namespace", "/api/v1/namespaces/{name}"),
+    ("", "Service", "/api/v1/namespaces/{namespace}/services/{name}"),
+    ("apps", "Deployment", "/apis/apps/v1/namespaces/{namespace}/deployments/{name}"),
+    ("apps", "ReplicaSet", "/apis/apps/v1/namespaces/{namespace}/replicasets/{name}"),
+    ("apps", "StatefulSet", "/apis/apps/v1/namespaces/{namespace}/statefulsets/{name}"),
+    ("apps", "DaemonSet", "/apis/apps/v1/namespaces/{namespace}/daemonsets/{name}"),
+    ("batch", "Job", "/apis/batch/v1/namespaces/{namespace}/jobs/{name}"),
 ]
 GVK_EXTENSION = "x-kubernetes-group-version-kind"
 
@@ -49,8 +55,8 @@ def _msg(field: int, *parts: bytes) -> bytes:
 def v2_protobuf(version: str) -> bytes:
     """openapi_v2.Document: swagger=1, info=2, paths=8 (Paths.path=2: NamedPathItem{name=1, value=2})."""
     paths = b""
-    for kind, path in KINDS:
-        gvk_yaml = f'group: ""\nkind: {kind}\nversion: v1\n'
+    for group, kind, path in KINDS:
+        gvk_yaml = f'group: "{group}"\nkind: {kind}\nversion: v1\n'
         query_param = _str(2, "query") + _str(4, "fieldValidation") + _str(6, "string")  # QueryParameterSubSchema
         parameter = _msg(8, _msg(1, _msg(2, _msg(3, query_param))))  # ParametersItem.parameter.non_body.query
         extension = _msg(13, _str(1, GVK_EXTENSION), _msg(2, _str(2, gvk_yaml)))  # NamedAny{name, Any{yaml=2}}
@@ -59,13 +65,15 @@ def v2_protobuf(version: str) -> bytes:
     return _str(1, "2.0") + _msg(2, _str(1, "Kubernetes"), _str(2, f"v{version}")) + _msg(8, paths) + _msg(9)
 
 
-def v3_document(version: str) -> dict:
+def v3_document(version: str, group: str = "") -> dict:
     paths = {}
-    for kind, path in KINDS:
+    for kind_group, kind, path in KINDS:
+        if kind_group != group:
+            continue
         paths[path] = {
             "patch": {
                 "operationId": f"patch{kind}",
-                GVK_EXTENSION: {"group": "", "version": "v1", "kind": kind},
+                GVK_EXTENSION: {"group": group, "version": "v1", "kind": kind},
                 "parameters": [
                     {"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": True}}
                 ],
@@ -75,6 +83,12 @@ def v3_document(version: str) -> dict:
     return {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": f"v{version}"}, "paths": paths, "components": {"schemas": {}}}
 
 
+V3_PATHS = {"api/v1": "", "apis/apps/v1": "apps", "apis/batch/v1": "batch"}
+
+
 def v3_index(version: str) -> dict:
-    digest = hashlib.sha512(json.dumps(v3_document(version), sort_keys=True).encode()).hexdigest()[:64].upper()
-    return {"paths": {"api/v1": {"serverRelativeURL": f"/openapi/v3/api/v1?hash={digest}"}}}
+    paths = {}
+    for path, group in V3_PATHS.items():
+        digest = hashlib.sha512(json.dumps(v3_document(version, group), sort_keys=True).encode()).hexdigest()[:64].upper()
+        paths[path] = {"serverRelativeURL": f"/openapi/v3/{path}?hash={digest}"}
+    return {"paths": paths}
