@@ -126,17 +126,21 @@ def route(h: Handler, sandbox: Sandbox, user: User, verb: str, path: str) -> Non
             return None
         if verb not in ("GET", "POST"):
             raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
-        sandbox.authorize(user, "get", "pods/portforward", ns, name)
-        if (h.headers.get("Upgrade") or "").lower() == "websocket":
+        upgrade = (h.headers.get("Upgrade") or "").lower()
+        # A POST is authorized as create; API servers >= 1.35 also want create for WebSocket GETs.
+        sandbox.authorize(user, "get" if verb == "GET" else "create", "pods/portforward", ns, name)
+        if upgrade == "websocket":
             sandbox.authorize(user, "create", "pods/portforward", ns, name)
         pod = sandbox.store.get("pods", ns, name)
         if pod is None:
             raise not_found("pods", name)
         if not pod["spec"].get("nodeName"):
             raise ApiError(400, "BadRequest", f"pod {name} does not have a host assigned")
-        if (h.headers.get("Upgrade") or "").lower() != "websocket":
+        if upgrade == "spdy/3.1":
+            return h.upgrade_spdy(pod)
+        if upgrade != "websocket":
             raise ApiError(400, "BadRequest", "Upgrade request required")
-        return h.upgrade_portforward(pod, _ports(h))
+        return h.upgrade_portforward(pod)
     if sub == "status":
         sandbox.authorize(user, "get", "pods/status", ns, name)
         pod = sandbox.store.get("pods", ns, name)
@@ -234,7 +238,7 @@ def _openapi(h: Handler, sandbox: Sandbox, path: str) -> None:
     raise ApiError(404, "NotFound", "the server could not find the requested resource")
 
 
-def _ports(h: Handler) -> list[int]:
+def ports_query(h: Handler) -> list[int]:
     ports = []
     for value in h.query.get("ports") or []:
         for item in value.split(","):

@@ -229,7 +229,40 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- port-forward ----------------------------------------------------------------------
 
-    def upgrade_portforward(self, pod: dict[str, Any], ports: list[int]) -> None:
+    def _network(self, pod: dict[str, Any]) -> Any:
+        sandbox = self.server.sandbox
+        net = sandbox.runtime.network(pod["metadata"]["namespace"], pod["metadata"]["name"])
+        return net if net is not None else sandbox.runtime.start(pod)
+
+    def upgrade_spdy(self, pod: dict[str, Any]) -> None:
+        """Classic kubectl port-forward: HTTP upgrade to SPDY/3.1 with protocol negotiation."""
+        from . import spdy
+
+        offered = [p.strip() for value in self.headers.get_all("X-Stream-Protocol-Version") or [] for p in value.split(",") if p.strip()]
+        if spdy.PROTOCOL not in offered:
+            body = (
+                f"unable to upgrade: unable to negotiate protocol: client supports {offered}, server accepts {[spdy.PROTOCOL]}"
+            ).encode()
+            self.send_response(403)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        net = self._network(pod)
+        self.send_response(101, "Switching Protocols")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Upgrade", "SPDY/3.1")
+        self.send_header("X-Stream-Protocol-Version", spdy.PROTOCOL)
+        self.end_headers()
+        self.wfile.flush()
+        self.close_connection = True
+        sandbox = self.server.sandbox
+        spdy.Session(spdy.SocketTransport(self.connection), net, sandbox.faults, self.server.stop_event).run()
+
+    def upgrade_portforward(self, pod: dict[str, Any]) -> None:
+        from . import spdy
+
         sandbox = self.server.sandbox
         offered = [
             p.strip()
@@ -237,7 +270,8 @@ class Handler(BaseHTTPRequestHandler):
             for p in value.split(",")
             if p.strip()
         ]
-        chosen = next((p for p in offered if p in WEBSOCKET_PROTOCOLS), None)
+        tunnel = spdy.TUNNEL_PROTOCOL in offered  # KEP-4006: SPDY inside the WebSocket (kubectl >= 1.31)
+        chosen = spdy.TUNNEL_PROTOCOL if tunnel else next((p for p in offered if p in WEBSOCKET_PROTOCOLS), None)
         if offered and chosen is None:
             raise ApiError(
                 400,
@@ -247,9 +281,10 @@ class Handler(BaseHTTPRequestHandler):
         key = self.headers.get("Sec-WebSocket-Key")
         if not key:
             raise ApiError(400, "BadRequest", "unable to upgrade: missing Sec-WebSocket-Key")
-        net = sandbox.runtime.network(pod["metadata"]["namespace"], pod["metadata"]["name"])
-        if net is None:
-            net = sandbox.runtime.start(pod)
+        from .api import ports_query
+
+        ports = [] if tunnel else ports_query(self)  # the tunnel names ports per stream, not in the query
+        net = self._network(pod)
         self.send_response(101, "Switching Protocols")
         self.send_header("Upgrade", "websocket")
         self.send_header("Connection", "Upgrade")
@@ -260,6 +295,9 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
         self.close_connection = True
         ws = wsframe.WebSocket(self.connection, client=False)
+        if tunnel:
+            spdy.Session(spdy.WebSocketTransport(ws), net, sandbox.faults, self.server.stop_event).run()
+            return
         forwarding.serve(
             ws, ports, chosen == "v4.base64.channel.k8s.io", net, sandbox.faults, self.server.stop_event, sandbox.active_forwards
         )
