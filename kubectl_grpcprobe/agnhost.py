@@ -109,6 +109,18 @@ class AgnhostServer:
         )
         self._http_thread.start()
 
+    def respawn(self) -> AgnhostServer:
+        """A new process of the same container: same flags, new ports, toggled state gone."""
+        return AgnhostServer(
+            port=0,
+            http_port=0,
+            service=self.service,
+            delay_unhealthy_sec=self.delay_unhealthy_sec,
+            enable_watch=self.enable_watch,
+            tls_cert=self.tls_cert,
+            tls_key=self.tls_key,
+        )
+
     @property
     def force_unhealthy(self) -> bool:
         return self._force_unhealthy

@@ -108,17 +108,7 @@ class Runtime:
             server = net.servers.get(container) if net else None
             if server is None:
                 return
-            from ..agnhost import AgnhostServer
-
-            fresh = AgnhostServer(
-                port=0,
-                http_port=0,
-                service=server.service,
-                delay_unhealthy_sec=server.delay_unhealthy_sec,
-                enable_watch=server.enable_watch,
-                tls_cert=server.tls_cert,
-                tls_key=server.tls_key,
-            )
+            fresh = server.respawn()
             for port, target in list(net.ports.items()):
                 if target == ("127.0.0.1", server.port):
                     net.ports[port] = ("127.0.0.1", fresh.port)
