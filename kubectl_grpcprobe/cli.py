@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .errors import ExitCode, GrpcProbeError, UsageError, most_severe
+from .errors import ExitCode, GrpcProbeError, Terminated, UsageError, most_severe
 from .output import Environment
 
 SUBCOMMANDS = ("sandbox", "toggle")
@@ -21,6 +21,7 @@ exit codes:
   3    the Check RPC failed: Unimplemented, NotFound (unknown service), deadline, other codes
   4    the server answered, but not SERVING
   130  interrupted (Ctrl-C)
+  143  terminated (SIGTERM)
   With several probes the most severe wins, in the order 1, 2, 3, 4, 0.
 
 A pod named like a subcommand (sandbox, toggle) is reached as pod/NAME.
@@ -39,6 +40,16 @@ examples:
 
   # JSON for scripts
   kubectl grpcprobe test-grpc -o json
+
+  # What the kubelet will decide over time (Ctrl-C for a summary)
+  kubectl grpcprobe test-grpc --watch
+
+  # Flip an agnhost-style server and wait for the kubelet to act
+  kubectl grpcprobe toggle test-grpc --not-serving --wait
+
+  # Every replica of a Deployment, or every pod with a label, in all namespaces
+  kubectl grpcprobe deploy/web
+  kubectl grpcprobe -A -l app=web
 """
 
 
@@ -207,7 +218,7 @@ def add_selection_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGr
 def add_output_flags(parser: argparse.ArgumentParser) -> None:
     out = parser.add_argument_group("output")
     out.add_argument("-o", "--output", choices=("text", "wide", "json"), default="text", help="text (default), wide or json")
-    out.add_argument("-q", "--quiet", action="store_true", help="print nothing; the exit code tells")
+    out.add_argument("-q", "--quiet", action="store_true", help="print no results, the exit code tells (errors still go to stderr)")
     out.add_argument("-v", "--verbose", action="store_true", help="trace configuration, API requests and the tunnel on stderr (never credentials)")
 
 
@@ -481,8 +492,12 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     env = env or Environment()
     argv = list(sys.argv[1:] if argv is None else argv)
+    previous = _catch_sigterm()
     try:
         return run(argv, env)
+    except Terminated:
+        env.stderr.write("error: terminated\n")
+        return int(ExitCode.TERMINATED)
     except _Exit as exc:
         return exc.code
     except GrpcProbeError as exc:
@@ -493,6 +508,24 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
         return int(ExitCode.INTERRUPTED)
     except BrokenPipeError:
         return int(ExitCode.OK)
+    finally:
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _catch_sigterm():  # -> the previous handler, or None when not in the main thread
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def terminated(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    return signal.signal(signal.SIGTERM, terminated)
 
 
 def main_entry() -> None:

@@ -13,7 +13,8 @@ class ExitCode(IntEnum):
     UNREACHABLE = 2  # API error, pod not running, tunnel or connect failure
     RPC_FAILED = 3  # the Check RPC failed: Unimplemented, NotFound, deadline, other codes
     UNHEALTHY = 4  # the server answered, but not SERVING
-    INTERRUPTED = 130  # Ctrl-C
+    INTERRUPTED = 130  # Ctrl-C (SIGINT)
+    TERMINATED = 143  # SIGTERM, e.g. a runbook's timeout killing us
 
 
 # With several probes the most severe outcome decides the exit code.
@@ -67,3 +68,7 @@ class PodNotRunning(GrpcProbeError):
 
 class TunnelError(GrpcProbeError):
     """The port-forward could not be opened or broke in a way that leaves no verdict."""
+
+
+class Terminated(BaseException):
+    """Raised in the main thread by SIGTERM so that every context manager cleans up on the way out."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from .errors import ExitCode, GrpcProbeError, NothingToProbe, UsageError
+from .errors import ExitCode, GrpcProbeError, NothingToProbe, Terminated, UsageError
 from .kubeapi import KubeClient
 from .runner import ProbeOptions, Report, ensure_running, probe_targets, resolve_for
 
@@ -185,7 +185,7 @@ def probe_fleet(
                         reports += got_reports
                         outcomes += got_outcomes
                     pending = set()
-        except KeyboardInterrupt:
-            pool.shutdown(wait=True, cancel_futures=True)
+        except (KeyboardInterrupt, Terminated):
+            pool.shutdown(wait=True, cancel_futures=True)  # queued pods are dropped, running ones end within their timeouts
             raise
     return reports, outcomes

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import gostr
-from .errors import ExitCode, UsageError, most_severe
+from .errors import ExitCode, Terminated, UsageError, most_severe
 from .kubeapi import KubeClient
 from .output import Environment, WatchPrinter
 from .probe import Outcome, ProbeResult
@@ -145,8 +145,8 @@ def watch(
                             started_flags[container] = True
                 if count and all(tr.executions >= count for tr in tracks):
                     return _finish(tracks, printer)
-        except KeyboardInterrupt:
-            _finish(tracks, printer)
+        except (KeyboardInterrupt, Terminated):
+            _finish(tracks, printer)  # the summary is what a stopped watch is for
             raise
 
 

@@ -312,6 +312,18 @@ def test_ctrl_c_during_the_rpc(sandbox_no_kubelet) -> None:
     assert (out, err) == ("", "error: interrupted\n")
 
 
+def test_sigterm_during_the_rpc(sandbox_no_kubelet) -> None:
+    sb = sandbox_no_kubelet
+    with hanging_health_server() as (port, entered):
+        _pod_on(sb, port)
+        proc = _spawn(sb, "peer", "--timeout", "30s")
+        assert entered.wait(20)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == ExitCode.TERMINATED
+    assert (out, err) == ("", "error: terminated\n")
+
+
 def test_ctrl_c_during_watch_prints_the_summary(sandbox_no_kubelet) -> None:
     sb = sandbox_no_kubelet
     with health_server() as (port, servicer):
