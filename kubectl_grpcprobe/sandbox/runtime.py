@@ -18,10 +18,6 @@ from typing import Any
 PORTS_ANNOTATION = "sandbox.kubectl-grpcprobe.io/ports"
 
 
-class RuntimeError_(Exception):  # noqa: N801 - avoid shadowing the builtin
-    pass
-
-
 def agnhost_flags(container: dict[str, Any]) -> list[str] | None:
     """The flags of an `agnhost grpc-health-checking` container, or None for any other image."""
     argv = list(container.get("command") or []) + list(container.get("args") or [])
