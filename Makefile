@@ -6,11 +6,18 @@ PY     := $(VENV)/bin/python
 
 .PHONY: test lint demo bench dist clean
 
-$(VENV)/.installed: pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+$(PY):
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+
+# The demo needs only the plugin and the sandbox; the tests add pytest, ruff, hypothesis, PyInstaller.
+$(VENV)/.installed-demo: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[sandbox]'
 	touch $@
+
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@ $(VENV)/.installed-demo
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
@@ -18,7 +25,7 @@ lint: $(VENV)/.installed
 test: lint
 	$(PY) -m pytest
 
-demo: $(VENV)/.installed
+demo: $(VENV)/.installed-demo
 	bash scripts/demo.sh
 
 dist: $(VENV)/.installed
