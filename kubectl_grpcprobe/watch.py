@@ -20,8 +20,8 @@ from .errors import ExitCode, Terminated, UsageError, most_severe
 from .kubeapi import KubeClient
 from .output import Environment, WatchPrinter
 from .probe import Outcome, ProbeResult
-from .resolve import Target, resolve
-from .runner import ProbeOptions, Report, ensure_running, execute, pod_ip, user_agent_for
+from .resolve import Target
+from .runner import ProbeOptions, Report, ensure_running, execute, pod_ip, resolve_for, user_agent_for
 from .worker import ProbeWorker
 
 
@@ -75,7 +75,7 @@ def watch(
     from .portforward import port_forward
 
     pod = client.get_pod(namespace, name)
-    targets = resolve(pod, container=options.container, kinds=options.kinds, port=options.port, services=options.services, timeout_ns=options.timeout_ns)
+    targets = resolve_for(pod, options)
     ensure_running(pod)
     agent = options.user_agent or user_agent_for(client)
     ip = pod_ip(pod) or "<none>"
@@ -157,7 +157,8 @@ def _follow_restart(client: KubeClient, namespace: str, name: str, track: Track,
     container = track.target.container
     if container in fresh and fresh[container][2] > clock.get(container, (0, True, 0))[2]:
         clock[container] = fresh[container]
-        started_flags[container] = fresh[container][1] if not any(t.target.kind == "startup" and t.target.container == container for t in tracks) else False
+        has_startup = any(t.target.kind == "startup" and t.target.container == container for t in tracks)
+        started_flags[container] = False if has_startup else fresh[container][1]  # gated again until startup succeeds
         for other in tracks:
             if other.target.container == container and other.worker is not None:
                 other.worker.reset()
