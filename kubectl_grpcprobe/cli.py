@@ -80,15 +80,16 @@ def _port(text: str) -> int:
     return value
 
 
-def _duration(text: str) -> int:
+def _duration(text: str, *, zero_ok: bool = False) -> int:
+    """A Go duration (1s, 1500ms) or a number of seconds, as nanoseconds."""
     from .gostr import parse_duration
 
     try:
         value = parse_duration(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid duration {text!r} (use e.g. 1s, 1500ms or a number of seconds)") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must be greater than zero")
+    if value < 0 or (value == 0 and not zero_ok):
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: {'must not be negative' if zero_ok else 'must be greater than zero'}")
     return value
 
 
@@ -113,15 +114,7 @@ def _speed(text: str) -> float:
 
 
 def _request_timeout(text: str) -> int:
-    from .gostr import parse_duration
-
-    try:
-        value = parse_duration(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (use e.g. 5s, 1m or a number of seconds)") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must not be negative")
-    return value
+    return _duration(text, zero_ok=True)  # kubectl's --request-timeout: 0 means no limit
 
 
 def _kinds(text: str) -> list[str]:

@@ -121,10 +121,7 @@ def _list(client: KubeClient, namespace: str | None, selector: str | None, field
     if field_selector:
         query["fieldSelector"] = field_selector
     path = "/api/v1/pods" if namespace is None else f"/api/v1/namespaces/{quote(namespace, safe='')}/pods"
-    items = client.get(path, query).get("items") or []
-    for item in items:  # list items carry no kind; resolve and render do not need it, but keep objects whole
-        item.setdefault("kind", "Pod")
-    return items
+    return client.get(path, query).get("items") or []
 
 
 def probe_fleet(

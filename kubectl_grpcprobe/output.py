@@ -9,10 +9,15 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .errors import ExitCode, most_severe
 from .runner import Report
+
+if TYPE_CHECKING:
+    from .fleet import PodOutcome
+    from .resolve import Target
+    from .toggle import KubeletAction, ToggleAnswer
 
 SCHEMA_VERSION = "kubectl-grpcprobe/v1"
 
@@ -115,22 +120,22 @@ def render(reports: list[Report], fmt: str, env: Environment) -> None:
     _diagnostics(reports, env)
 
 
-def render_toggle(pod: str, port: int, answer: object, fmt: str, env: Environment) -> None:
+def render_toggle(pod: str, port: int, answer: ToggleAnswer, fmt: str, env: Environment) -> None:
     """The control endpoint's answer; in json it goes to stderr so stdout stays one document."""
     if fmt == "quiet":
         return
-    line = f"pod/{pod}: GET {answer.path} on port {port} answered {answer.status} {answer.reason}"  # type: ignore[attr-defined]
-    if answer.body:  # type: ignore[attr-defined]
-        line += f" (server says: {answer.body.splitlines()[0][:200]})"  # type: ignore[attr-defined]
+    line = f"pod/{pod}: GET {answer.path} on port {port} answered {answer.status} {answer.reason}"
+    if answer.body:
+        line += f" (server says: {answer.body.splitlines()[0][:200]})"
     (env.stderr if fmt == "json" else env.stdout).write(line + "\n")
 
 
-def render_kubelet_action(pod: str, action: object, fmt: str, env: Environment) -> None:
+def render_kubelet_action(pod: str, action: KubeletAction, fmt: str, env: Environment) -> None:
     if fmt == "quiet":
         return
-    line = f"pod/{pod}: the kubelet acted {action.seconds:.1f}s after the toggle: {action.what}"  # type: ignore[attr-defined]
-    if action.event:  # type: ignore[attr-defined]
-        line += f"; event: {action.event}"  # type: ignore[attr-defined]
+    line = f"pod/{pod}: the kubelet acted {action.seconds:.1f}s after the toggle: {action.what}"
+    if action.event:
+        line += f"; event: {action.event}"
     (env.stderr if fmt == "json" else env.stdout).write(line + "\n")
 
 
@@ -177,39 +182,39 @@ class WatchPrinter:
             self._line(f"{report.target.container} {report.target.kind}: {event} ({latency})")
         _diagnostics([report], self.env)
 
-    def decision(self, target: object, text: str) -> None:
+    def decision(self, target: Target, text: str) -> None:
         if self.fmt == "json":
-            self._json("decision", container=target.container, probe=target.kind, text=text)  # type: ignore[attr-defined]
+            self._json("decision", container=target.container, probe=target.kind, text=text)
         elif self.fmt != "quiet":
-            self._line(f"{target.container} kubelet decision: {text}")  # type: ignore[attr-defined]
+            self._line(f"{target.container} kubelet decision: {text}")
 
-    def skipped(self, target: object, reason: str) -> None:
+    def skipped(self, target: Target, reason: str) -> None:
         if self.fmt == "json":
-            self._json("skipped", container=target.container, probe=target.kind, reason=reason)  # type: ignore[attr-defined]
+            self._json("skipped", container=target.container, probe=target.kind, reason=reason)
         elif self.fmt != "quiet":
-            self._line(f"{target.container} {target.kind}: not run: {reason}")  # type: ignore[attr-defined]
+            self._line(f"{target.container} {target.kind}: not run: {reason}")
 
-    def note(self, target: object, text: str) -> None:
+    def note(self, target: Target, text: str) -> None:
         if self.fmt == "json":
-            self._json("note", container=target.container, probe=target.kind, text=text)  # type: ignore[attr-defined]
+            self._json("note", container=target.container, probe=target.kind, text=text)
         elif self.fmt != "quiet":
-            self.env.stderr.write(f"{self._stamp()}  {target.container} {target.kind}: {text}\n")  # type: ignore[attr-defined]
+            self.env.stderr.write(f"{self._stamp()}  {target.container} {target.kind}: {text}\n")
 
-    def stream_update(self, target: object, status: str, since_last_ms: float) -> None:
+    def stream_update(self, target: Target, status: str, since_last_ms: float) -> None:
         if self.fmt == "json":
-            self._json("update", container=target.container, probe=target.kind, status=status, sinceLastMs=round(since_last_ms, 3))  # type: ignore[attr-defined]
+            self._json("update", container=target.container, probe=target.kind, status=status, sinceLastMs=round(since_last_ms, 3))
         elif self.fmt != "quiet":
-            self._line(f"{target.container} {target.kind}: Health/Watch says {status}")  # type: ignore[attr-defined]
+            self._line(f"{target.container} {target.kind}: Health/Watch says {status}")
 
-    def summary(self, summaries: list[dict[str, object]]) -> None:
+    def summary(self, summaries: list[dict[str, Any]]) -> None:
         if self.fmt == "json":
             items = []
             for s in summaries:
                 t = s["target"]
                 items.append(
                     {
-                        "container": t.container,  # type: ignore[attr-defined]
-                        "probe": t.kind,  # type: ignore[attr-defined]
+                        "container": t.container,
+                        "probe": t.kind,
                         "executions": s["executions"],
                         "failures": s["failures"],
                         "rpcLatencyMs": s["latency"],
@@ -222,10 +227,10 @@ class WatchPrinter:
         self.env.stdout.write(f"--- pod/{self.pod} summary\n")
         for s in summaries:
             t = s["target"]
-            line = f"{t.container} {t.kind}: {s['executions']} executions, {s['failures']} failed"  # type: ignore[attr-defined]
+            line = f"{t.container} {t.kind}: {s['executions']} executions, {s['failures']} failed"
             lat = s["latency"]
             if lat:
-                line += f"; rpc latency min {ms(lat['min'])} / median {ms(lat['median'])} / p99 {ms(lat['p99'])} / max {ms(lat['max'])}"  # type: ignore[index]
+                line += f"; rpc latency min {ms(lat['min'])} / median {ms(lat['median'])} / p99 {ms(lat['p99'])} / max {ms(lat['max'])}"
             self.env.stdout.write(line + "\n")
         self.env.stdout.flush()
 
@@ -255,7 +260,7 @@ class Progress:
 KIND_ORDER = {"startup": 0, "liveness": 1, "readiness": 2, "adhoc": 3}
 
 
-def fleet_summary(reports: list[Report], outcomes: list) -> dict[str, int]:
+def fleet_summary(reports: list[Report], outcomes: list[PodOutcome]) -> dict[str, int]:
     from .probe import Outcome
 
     healthy = sum(r.result.outcome is Outcome.HEALTHY for r in reports)
@@ -270,7 +275,7 @@ def fleet_summary(reports: list[Report], outcomes: list) -> dict[str, int]:
     }
 
 
-def render_fleet(reports: list[Report], outcomes: list, fmt: str, env: Environment) -> None:
+def render_fleet(reports: list[Report], outcomes: list[PodOutcome], fmt: str, env: Environment) -> None:
     """A table sorted by namespace, pod, container, probe; pods that could not be probed; a summary line."""
     if fmt == "quiet":
         return

@@ -40,7 +40,6 @@ class Forward:
     local_port: int
     setup_ms: float
     errors: list[str] = field(default_factory=list)  # error-channel texts, in arrival order
-    connections: int = 0  # local connections accepted (each its own WebSocket)
     dropped: bool = False  # a WebSocket ended without a close frame
 
 
@@ -146,7 +145,6 @@ class _Bridge:
         local.setblocking(True)
         local.settimeout(30)
         local.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.forward.connections += 1
         if self._spare is not None:
             sock, protocol, rest = self._spare
             self._spare = None

@@ -162,14 +162,12 @@ def check(
         connect_ms = (connected - started) * 1000
         rpc = channel.unary_unary(CHECK_METHOD, request_serializer=encode_request, response_deserializer=decode_response)
         remaining = deadline - time.monotonic()
-        try:
-            if remaining <= 0:
-                raise _DeadlineBeforeRpc()
-            value = rpc(service, timeout=remaining, metadata=())
-        except _DeadlineBeforeRpc:
+        if remaining <= 0:  # the dial used the whole deadline: the RPC cannot start in time
             return ProbeResult(
                 Outcome.RPC_FAILED, f"timeout: health rpc did not complete within {timeout}", code="DeadlineExceeded", connect_ms=connect_ms
             )
+        try:
+            value = rpc(service, timeout=remaining, metadata=())
         except grpc.RpcError as err:
             rpc_ms = (time.perf_counter() - connected) * 1000
             code = err.code()
@@ -195,10 +193,6 @@ def check(
         return ProbeResult(Outcome.HEALTHY, "service healthy", status=status, connect_ms=connect_ms, rpc_ms=rpc_ms)
     finally:
         channel.close()
-
-
-class _DeadlineBeforeRpc(Exception):
-    pass
 
 
 _READY, _SHUTDOWN = 2, 4  # grpc_connectivity_state values

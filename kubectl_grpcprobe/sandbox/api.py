@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from . import pods as podlib
 from . import printers
 from .selectors import field_selector, label_selector
-from .server import ApiError, not_found, status_object
+from .server import ApiError, not_found
 from .store import Conflict, NotFound
 
 if TYPE_CHECKING:
@@ -79,13 +79,7 @@ def route(h: Handler, sandbox: Sandbox, user: User, verb: str, path: str) -> Non
     if path == "/version":
         return h._send_json(200, sandbox.version_info())
     if path in ("/healthz", "/livez", "/readyz"):
-        body = b"ok"
-        h.send_response(200)
-        h.send_header("Content-Type", "text/plain; charset=utf-8")
-        h.send_header("Content-Length", str(len(body)))
-        h.end_headers()
-        h.wfile.write(body)
-        return None
+        return h._send_bytes(200, "text/plain; charset=utf-8", b"ok")
     if user.anonymous:
         raise ApiError(403, "Forbidden", f'forbidden: User "system:anonymous" cannot get path "{path}"')
     if path == "/api":
@@ -224,13 +218,7 @@ def _openapi(h: Handler, sandbox: Sandbox, path: str) -> None:
     if path == "/openapi/v2":
         if "protobuf" not in (h.headers.get("Accept") or ""):
             raise ApiError(406, "NotAcceptable", "only the protobuf form of /openapi/v2 is served by the sandbox")
-        body = openapi.v2_protobuf(sandbox.version)
-        h.send_response(200)
-        h.send_header("Content-Type", "application/com.github.proto-openapi.spec.v2.v1.0+protobuf")
-        h.send_header("Content-Length", str(len(body)))
-        h.end_headers()
-        h.wfile.write(body)
-        return None
+        return h._send_bytes(200, "application/com.github.proto-openapi.spec.v2.v1.0+protobuf", openapi.v2_protobuf(sandbox.version))
     if path == "/openapi/v3":
         return h._send_json(200, openapi.v3_index(sandbox.version))
     if path.startswith("/openapi/v3/") and path[len("/openapi/v3/") :] in openapi.V3_PATHS:
@@ -254,5 +242,3 @@ def ports_query(h: Handler) -> list[int]:
         raise ApiError(400, "BadRequest", "at least 1 port must be specified")
     return ports
 
-
-__all__ = ["route", "status_object"]

@@ -74,25 +74,6 @@ def serve(
     net: Any,
     faults: Faults,
     stop: threading.Event,
-    active: set[wsframe.WebSocket] | None = None,
-) -> None:
-    """Forward until every port is done; `active` (if given) holds the WebSocket meanwhile, for drop tests."""
-    if active is not None:
-        active.add(ws)
-    try:
-        _serve(ws, ports, base64_mode, net, faults, stop)
-    finally:
-        if active is not None:
-            active.discard(ws)
-
-
-def _serve(
-    ws: wsframe.WebSocket,
-    ports: list[int],
-    base64_mode: bool,
-    net: Any,
-    faults: Faults,
-    stop: threading.Event,
 ) -> None:
     out = ChannelWriter(ws, base64_mode)
     for index, port in enumerate(ports):

@@ -36,10 +36,6 @@ def all_containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
     return list(spec.get("initContainers") or []) + list(spec.get("containers") or [])
 
 
-def is_sidecar(container: dict[str, Any], pod: dict[str, Any]) -> bool:
-    return container.get("restartPolicy") == "Always" and container in (pod["spec"].get("initContainers") or [])
-
-
 def validate(pod: dict[str, Any]) -> None:
     name = pod["metadata"]["name"]
     causes = []

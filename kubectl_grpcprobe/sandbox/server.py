@@ -135,14 +135,14 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- plumbing --------------------------------------------------------------------------
 
-    def _send_json(self, code: int, obj: Any, extra_headers: dict[str, str] | None = None) -> None:
-        body = json.dumps(obj, separators=(",", ":")).encode()
+    def _send_json(self, code: int, obj: Any) -> None:
+        self._send_bytes(code, "application/json", json.dumps(obj, separators=(",", ":")).encode())
+
+    def _send_bytes(self, code: int, content_type: str, body: bytes) -> None:
         self.send_response(code)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-cache, private")
-        for key, value in (extra_headers or {}).items():
-            self.send_header(key, value)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -243,11 +243,7 @@ class Handler(BaseHTTPRequestHandler):
             body = (
                 f"unable to upgrade: unable to negotiate protocol: client supports {offered}, server accepts {[spdy.PROTOCOL]}"
             ).encode()
-            self.send_response(403)
-            self.send_header("Content-Type", "text/plain; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self._send_bytes(403, "text/plain; charset=utf-8", body)
             return
         net = self._network(pod)
         self.send_response(101, "Switching Protocols")
@@ -298,6 +294,8 @@ class Handler(BaseHTTPRequestHandler):
         if tunnel:
             spdy.Session(spdy.WebSocketTransport(ws), net, sandbox.faults, self.server.stop_event).run()
             return
-        forwarding.serve(
-            ws, ports, chosen == "v4.base64.channel.k8s.io", net, sandbox.faults, self.server.stop_event, sandbox.active_forwards
-        )
+        sandbox.active_forwards.add(ws)  # so a test can drop it (Sandbox.drop_forwards)
+        try:
+            forwarding.serve(ws, ports, chosen == "v4.base64.channel.k8s.io", net, sandbox.faults, self.server.stop_event)
+        finally:
+            sandbox.active_forwards.discard(ws)

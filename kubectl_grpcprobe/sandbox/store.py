@@ -32,11 +32,6 @@ class Store:
         self._log: list[tuple[int, str, str, Obj]] = []
         self.closed = False
 
-    @property
-    def resource_version(self) -> str:
-        with self._cond:
-            return str(self._rv)
-
     def _record(self, resource: str, kind: str, obj: Obj) -> Obj:
         self._rv += 1
         obj["metadata"]["resourceVersion"] = str(self._rv)
