@@ -37,7 +37,7 @@ sys.exit(0 if r.status == health_pb2.HealthCheckResponse.SERVING else 4)
 TIME = "/usr/bin/time"
 
 
-def timed_process(argv: list[str], env: dict[str, str]) -> tuple[float, float, int]:
+def timed_process(argv: list[str], env: dict[str, str], cwd: Path = ROOT) -> tuple[float, float, int]:
     """Wall seconds, peak RSS (MiB) and exit status of one child process.
 
     Peak RSS comes from GNU time (-f %M) wrapped around the command: a child's own ru_maxrss
@@ -46,7 +46,7 @@ def timed_process(argv: list[str], env: dict[str, str]) -> tuple[float, float, i
     """
     wrapped = [TIME, "-f", "%M", *argv] if os.path.exists(TIME) else argv
     started = time.perf_counter()
-    proc = subprocess.run(wrapped, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
+    proc = subprocess.run(wrapped, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
     wall = time.perf_counter() - started
     lines = proc.stderr.strip().splitlines()
     peak_kib = float(lines[-1]) if wrapped is not argv and lines and lines[-1].isdigit() else float("nan")
@@ -61,12 +61,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "out" / "probe.json")
+    parser.add_argument(
+        "--compare-tree",
+        type=Path,
+        help="another checkout (e.g. a git worktree of the previous commit) whose plugin is timed interleaved with this one",
+    )
     args = parser.parse_args()
 
-    from kubectl_grpcprobe.kubeapi import KubeClient
-    from kubectl_grpcprobe.kubeconfig import Overrides, load
-    from kubectl_grpcprobe.portforward import port_forward
-    from kubectl_grpcprobe.probe import check
+    from kubectl_grpcprobe.kube.client import KubeClient
+    from kubectl_grpcprobe.kube.config import Overrides, load
+    from kubectl_grpcprobe.kube.portforward import port_forward
+    from kubectl_grpcprobe.kubelet.probe import check
     from kubectl_grpcprobe.sandbox import Sandbox
 
     python = sys.executable
@@ -84,8 +89,14 @@ def main() -> int:
         # Warm the page cache for both, then interleave so drift hits both equally.
         timed_process([python, "-c", BARE_CHECK, direct], env)
         timed_process([*plugin, "test-grpc"], env)
-        bare, probe, bare_rss, probe_rss = [], [], [], []
+        bare, probe, bare_rss, probe_rss, other = [], [], [], [], []
+        other_env = {**env, "PYTHONPATH": str(args.compare_tree)} if args.compare_tree else None
         for _ in range(args.runs):
+            if other_env:
+                # `python -m` puts the working directory first on sys.path, so the compared tree's package wins.
+                wall, _, code = timed_process([*plugin, "test-grpc"], other_env, cwd=args.compare_tree)
+                assert code == 0, "probe from the compared tree failed"
+                other.append(wall)
             wall, rss, code = timed_process([python, "-c", BARE_CHECK, direct], env)
             assert code == 0, "bare check failed"
             bare.append(wall)
@@ -119,6 +130,10 @@ def main() -> int:
         "probe_peak_rss_mib_max": max(probe_rss),
         "probe_peak_rss_mib_median": median(probe_rss),
     }
+    if other:
+        results["compare_tree"] = str(args.compare_tree)
+        results["compare_probe_process_ms_median"] = median(other) * 1000
+        results["compare_process_ratio"] = median(other) / median(bare)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(f"{'measure':<34}{'value':>10}   goal")
@@ -126,6 +141,9 @@ def main() -> int:
     print(f"{'bare Check process (median)':<34}{results['bare_check_process_ms_median']:>8.1f}ms")
     print(f"{'kubectl-grpcprobe POD (median)':<34}{results['probe_process_ms_median']:>8.1f}ms")
     print(f"{'ratio probe / bare':<34}{results['process_ratio']:>9.2f}x   <= 2.5x")
+    if other:
+        print(f"{'compared tree POD (median)':<34}{results['compare_probe_process_ms_median']:>8.1f}ms")
+        print(f"{'ratio compared tree / bare':<34}{results['compare_process_ratio']:>9.2f}x")
     print(f"{'RPC direct (median)':<34}{results['direct_rpc_ms_median']:>8.2f}ms")
     print(f"{'RPC through tunnel (median)':<34}{results['tunnel_rpc_ms_median']:>8.2f}ms   <= direct + 2ms")
     print(f"{'peak RSS probe (max of runs)':<34}{results['probe_peak_rss_mib_max']:>7.1f}MiB   <= 80MiB")

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .errors import ExitCode, GrpcProbeError, Terminated, UsageError, most_severe
-from .output import Environment
+from .render.output import Environment
 
 SUBCOMMANDS = ("sandbox", "toggle")
 PROBE_KINDS = ("readiness", "liveness", "startup")
@@ -82,7 +82,7 @@ def _port(text: str) -> int:
 
 def _duration(text: str, *, zero_ok: bool = False) -> int:
     """A Go duration (1s, 1500ms) or a number of seconds, as nanoseconds."""
-    from .gostr import parse_duration
+    from .kubelet.gostr import parse_duration
 
     try:
         value = parse_duration(text)
@@ -287,7 +287,7 @@ def _first_positional(argv: Sequence[str], parser: argparse.ArgumentParser) -> s
 
 def run(argv: Sequence[str], env: Environment) -> int:
     if argv[:1] == ["__complete"]:  # the krew bundle's completion script calls this
-        from .completion import main as complete
+        from .commands.completion import main as complete
 
         return complete(argv[1:], env.stdout)
     parser = probe_parser()
@@ -297,7 +297,7 @@ def run(argv: Sequence[str], env: Environment) -> int:
         rest.remove(command)
         if command == "toggle":
             return toggle_command(toggle_parser().parse_args(rest), env)
-        from . import sandbox_cli
+        from .commands import sandbox as sandbox_cli
 
         return sandbox_cli.run(sandbox_parser().parse_args(rest), env)
     args = parser.parse_args(argv)
@@ -314,8 +314,8 @@ def pod_name(text: str) -> str:
 
 
 def connect(args: argparse.Namespace, env: Environment):  # -> KubeClient, imported lazily
-    from . import kubeconfig
-    from .kubeapi import KubeClient
+    from .kube import config as kubeconfig
+    from .kube.client import KubeClient
 
     def trace(line: str) -> None:
         env.stderr.write(f"[grpcprobe] {line}\n")
@@ -341,7 +341,7 @@ def connect(args: argparse.Namespace, env: Environment):  # -> KubeClient, impor
 
 
 def probe_options(args: argparse.Namespace):
-    from .runner import ProbeOptions
+    from .commands.runner import ProbeOptions
 
     return ProbeOptions(
         container=args.container,
@@ -354,9 +354,9 @@ def probe_options(args: argparse.Namespace):
 
 
 def probe_command(args: argparse.Namespace, env: Environment) -> int:
-    from .fleet import is_fleet
-    from .output import render
-    from .runner import probe_pod
+    from .commands.fleet import is_fleet
+    from .commands.runner import probe_pod
+    from .render.output import render
 
     fmt = "quiet" if args.quiet else args.output
     if not args.watch and (args.period or args.count or args.watch_rpc):
@@ -369,7 +369,7 @@ def probe_command(args: argparse.Namespace, env: Environment) -> int:
     client = connect(args, env)
     try:
         if args.watch:
-            from .watch import watch
+            from .commands.watch import watch
 
             return watch(
                 client,
@@ -390,9 +390,9 @@ def probe_command(args: argparse.Namespace, env: Environment) -> int:
 
 
 def fleet_command(args: argparse.Namespace, env: Environment, fmt: str) -> int:
-    from .fleet import probe_fleet, select_pods
-    from .output import Progress, render_fleet
-    from .runner import user_agent_for
+    from .commands.fleet import probe_fleet, select_pods
+    from .commands.runner import user_agent_for
+    from .render.output import Progress, render_fleet
 
     client = connect(args, env)
     try:
@@ -432,10 +432,10 @@ def fleet_command(args: argparse.Namespace, env: Environment, fmt: str) -> int:
 def toggle_command(args: argparse.Namespace, env: Environment) -> int:
     import time
 
-    from .output import render, render_kubelet_action, render_toggle
-    from .probe import Outcome
-    from .runner import probe_pod
-    from .toggle import call_control_endpoint, wait_for_kubelet
+    from .commands.runner import probe_pod
+    from .commands.toggle import call_control_endpoint, wait_for_kubelet
+    from .kubelet.probe import Outcome
+    from .render.output import render, render_kubelet_action, render_toggle
 
     pod = pod_name(args.pod)
     path = args.serving_path if args.serving else args.not_serving_path

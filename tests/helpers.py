@@ -19,7 +19,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from kubectl_grpcprobe.cli import main
-from kubectl_grpcprobe.output import Environment
+from kubectl_grpcprobe.render.output import Environment
 from kubectl_grpcprobe.sandbox import PORTS_ANNOTATION
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,7 +10,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from kubectl_grpcprobe.agnhost import AgnhostServer
+from kubectl_grpcprobe.sandbox.node.agnhost import AgnhostServer
 
 
 def _check(server: AgnhostServer, service: str = "") -> int:

@@ -10,9 +10,9 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from kubectl_grpcprobe.cli import main
+from kubectl_grpcprobe.commands.fleet import selector_string
 from kubectl_grpcprobe.errors import ExitCode
-from kubectl_grpcprobe.fleet import selector_string
-from kubectl_grpcprobe.output import Environment
+from kubectl_grpcprobe.render.output import Environment
 from kubectl_grpcprobe.sandbox import PORTS_ANNOTATION
 
 from .helpers import agnhost_container, container, grpcprobe, hanging_health_server, health_server, kubectl_binary, pod_manifest

@@ -14,11 +14,11 @@ from contextlib import contextmanager
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kubectl_grpcprobe import wsframe
 from kubectl_grpcprobe.errors import GrpcProbeError
-from kubectl_grpcprobe.kubeapi import KubeClient
-from kubectl_grpcprobe.kubeconfig import ClusterConfig
-from kubectl_grpcprobe.portforward import port_forward
+from kubectl_grpcprobe.kube.client import KubeClient
+from kubectl_grpcprobe.kube.config import ClusterConfig
+from kubectl_grpcprobe.kube.portforward import port_forward
+from kubectl_grpcprobe.wire import wsframe
 
 
 @contextmanager

@@ -7,10 +7,10 @@ import io
 
 import yaml
 
-from kubectl_grpcprobe import kubeconfig
 from kubectl_grpcprobe.cli import main
 from kubectl_grpcprobe.errors import ExitCode
-from kubectl_grpcprobe.output import Environment
+from kubectl_grpcprobe.kube import config as kubeconfig
+from kubectl_grpcprobe.render.output import Environment
 
 
 def _run(*argv: str) -> tuple[int, str, str]:

@@ -10,8 +10,8 @@ import threading
 import pytest
 
 from kubectl_grpcprobe.errors import ExitCode
+from kubectl_grpcprobe.kubelet.worker import FAILURE, SUCCESS, UNKNOWN, ProbeWorker
 from kubectl_grpcprobe.sandbox import Sandbox
-from kubectl_grpcprobe.worker import FAILURE, SUCCESS, UNKNOWN, ProbeWorker
 
 from .helpers import (
     BLOG_MANIFEST,

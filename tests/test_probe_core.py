@@ -6,7 +6,7 @@ from grpc_health.v1 import health_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kubectl_grpcprobe.probe import Outcome, check, decode_response, encode_request
+from kubectl_grpcprobe.kubelet.probe import Outcome, check, decode_response, encode_request
 
 from .helpers import bare_grpc_server, closed_port, hanging_health_server, health_server, http1_server, tcp_server
 

@@ -346,9 +346,9 @@ def test_ctrl_c_during_watch_prints_the_summary(sandbox_no_kubelet) -> None:
 
 
 def test_local_listener_is_loopback_only(sandbox, leak_check) -> None:
-    from kubectl_grpcprobe.kubeapi import KubeClient
-    from kubectl_grpcprobe.kubeconfig import Overrides, load
-    from kubectl_grpcprobe.portforward import port_forward
+    from kubectl_grpcprobe.kube.client import KubeClient
+    from kubectl_grpcprobe.kube.config import Overrides, load
+    from kubectl_grpcprobe.kube.portforward import port_forward
 
     client = KubeClient(load(Overrides(kubeconfig=sandbox.kubeconfig_path)))
     try:

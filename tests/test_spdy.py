@@ -16,7 +16,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from kubectl_grpcprobe.sandbox import spdy
+from kubectl_grpcprobe.sandbox.apiserver import spdy
 
 from .helpers import kubectl_binary
 

@@ -6,10 +6,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kubectl_grpcprobe import gostr, wsframe
 from kubectl_grpcprobe.errors import NothingToProbe, UsageError
-from kubectl_grpcprobe.resolve import resolve
-from kubectl_grpcprobe.sandbox.selectors import label_selector
+from kubectl_grpcprobe.kubelet import gostr
+from kubectl_grpcprobe.kubelet.resolve import resolve
+from kubectl_grpcprobe.sandbox.apiserver.selectors import label_selector
+from kubectl_grpcprobe.wire import wsframe
 
 
 @pytest.mark.parametrize(

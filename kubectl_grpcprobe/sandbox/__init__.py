@@ -24,11 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import pods as podlib
-from .forwarding import Faults
-from .runtime import PORTS_ANNOTATION, Runtime
-from .server import ApiError, ApiServer
-from .store import Store
+from .apiserver import pods as podlib
+from .apiserver.forwarding import Faults
+from .apiserver.pods import Invalid
+from .apiserver.server import ApiError, ApiServer
+from .apiserver.store import Store
+from .node.runtime import PORTS_ANNOTATION, Runtime
+
+__all__ = ["ApiError", "Faults", "Invalid", "Sandbox", "User"]
 
 __all__ = ["PORTS_ANNOTATION", "Faults", "Sandbox", "User"]
 
@@ -118,7 +121,7 @@ class Sandbox:
         )
         self._thread.start()
         if self._kubelet_enabled:
-            from .kubelet import Kubelet
+            from .node.kubelet import Kubelet
 
             self.kubelet = Kubelet(self, time_scale=self._kubelet_time_scale)
             self.kubelet.start()
@@ -268,8 +271,8 @@ class Sandbox:
 
     def _create_object(self, resource: str, body: dict[str, Any], namespace: str, *, dry_run: bool) -> dict[str, Any]:
         """Services and workloads; a workload's pods are created at once from its template."""
-        from . import workloads
-        from .api import GROUPS, RESOURCE_GROUP
+        from .apiserver import workloads
+        from .apiserver.api import GROUPS, RESOURCE_GROUP
 
         gv = RESOURCE_GROUP[resource]
         kind = GROUPS[gv][resource][0]
@@ -310,7 +313,7 @@ class Sandbox:
                 for item in doc.get("items") or []:
                     created += self.apply(item)
                 continue
-            from .api import KIND_RESOURCE
+            from .apiserver.api import KIND_RESOURCE
 
             kind = doc.get("kind")
             resource = KIND_RESOURCE.get(kind)

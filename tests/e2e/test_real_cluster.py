@@ -14,7 +14,7 @@ import uuid
 import pytest
 
 from kubectl_grpcprobe.cli import main
-from kubectl_grpcprobe.output import Environment
+from kubectl_grpcprobe.render.output import Environment
 
 KUBECONFIG = os.environ.get("GRPCPROBE_E2E_KUBECONFIG")
 pytestmark = [

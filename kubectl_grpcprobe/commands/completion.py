@@ -55,8 +55,8 @@ def _parse(words: Sequence[str]) -> tuple[dict[str, str], list[str], str | None]
 
 
 def _client(flags: dict[str, str]):  # -> (KubeClient, namespace)
-    from .kubeapi import KubeClient
-    from .kubeconfig import Overrides, load
+    from ..kube.client import KubeClient
+    from ..kube.config import Overrides, load
 
     cfg = load(
         Overrides(
@@ -86,7 +86,7 @@ def candidates(words: Sequence[str]) -> tuple[list[str], int]:
     if pending in ("--kubeconfig", "-f", "--filename", "--kubeconfig-out"):
         return [], DIRECTIVE_DEFAULT
     if pending == "--context":
-        from .kubeconfig import kubeconfig_paths, merged_kubeconfig
+        from ..kube.config import kubeconfig_paths, merged_kubeconfig
 
         explicit = flags.get("--kubeconfig")
         merged, _ = merged_kubeconfig(kubeconfig_paths(explicit), explicit=bool(explicit))
@@ -106,7 +106,7 @@ def candidates(words: Sequence[str]) -> tuple[list[str], int]:
             pod = client.get_pod(namespace, pods[0].removeprefix("pod/"))
         finally:
             client.close()
-        from .resolve import containers_of
+        from ..kubelet.resolve import containers_of
 
         return [c["name"] for c in containers_of(pod) if c["name"].startswith(current)], DIRECTIVE_NO_FILES
     if pending:
@@ -132,7 +132,7 @@ def candidates(words: Sequence[str]) -> tuple[list[str], int]:
 
 
 def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None) -> int:
-    from .errors import GrpcProbeError
+    from ..errors import GrpcProbeError
 
     stdout = stdout or sys.stdout
     words = list(sys.argv[1:] if argv is None else argv)

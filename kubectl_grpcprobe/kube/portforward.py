@@ -24,9 +24,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
-from . import wsframe
-from .errors import ApiError, TunnelError
-from .kubeapi import KubeClient
+from ..errors import ApiError, TunnelError
+from ..wire import wsframe
+from .client import KubeClient
 
 PROTOCOLS = ["v4.channel.k8s.io", "v4.base64.channel.k8s.io"]
 RBAC_HINT = (
@@ -272,3 +272,33 @@ def port_forward(client: KubeClient, namespace: str, pod: str, port: int, *, tim
         bridge.stop()
         if bridge.failure is not None:  # the loop's own errors are handled per connection: this is a bug
             raise TunnelError(f"error: the port-forward bridge failed: {bridge.failure!r}") from bridge.failure
+
+
+@dataclass(frozen=True)
+class HttpAnswer:
+    path: str
+    status: int
+    reason: str
+    body: str  # at most 64 KiB, decoded leniently
+    elapsed_ms: float
+
+
+def http_get(client: KubeClient, namespace: str, pod: str, port: int, path: str, *, timeout: float) -> HttpAnswer:
+    """One plain HTTP/1.1 GET to a pod's port through a fresh port-forward (agnhost's control endpoints).
+
+    Raises TunnelError with the tunnel's own error text when it has one, else the socket error.
+    """
+    import http.client
+
+    started = time.perf_counter()
+    with port_forward(client, namespace, pod, port, timeout=timeout) as fwd:
+        conn = http.client.HTTPConnection("127.0.0.1", fwd.local_port, timeout=timeout)
+        try:
+            conn.request("GET", path, headers={"User-Agent": "kubectl-grpcprobe", "Connection": "close"})
+            response = conn.getresponse()
+            body = response.read(64 * 1024).decode("utf-8", "replace").strip()
+        except (OSError, http.client.HTTPException) as exc:
+            raise TunnelError(fwd.errors[-1] if fwd.errors else f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
+        finally:
+            conn.close()
+    return HttpAnswer(path, response.status, response.reason, body, (time.perf_counter() - started) * 1000)

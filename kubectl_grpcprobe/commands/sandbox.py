@@ -6,13 +6,13 @@ import argparse
 import signal
 import threading
 
-from .errors import UsageError
-from .output import Environment
+from ..errors import UsageError
+from ..render.output import Environment
 
 
 def run(args: argparse.Namespace, env: Environment) -> int:
     try:
-        from .sandbox import Sandbox
+        from ..sandbox import Sandbox
     except ImportError as exc:
         raise UsageError(
             f"error: the sandbox needs the 'sandbox' extra ({exc.name} is missing): pip install 'kubectl-grpcprobe[sandbox]'"
@@ -28,8 +28,7 @@ def run(args: argparse.Namespace, env: Environment) -> int:
     try:
         import yaml
 
-        from .sandbox.pods import Invalid
-        from .sandbox.server import ApiError
+        from ..sandbox import ApiError, Invalid
 
         try:
             sandbox.start()

@@ -14,7 +14,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from . import gostr
+from ...kubelet import gostr
 
 
 class AgnhostServer:

@@ -18,14 +18,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .. import gostr
-from ..resolve import EVENT_WORD, FIELD, KINDS, containers_of
-from ..worker import FAILURE, SUCCESS, ProbeWorker
-from . import pods as podlib
-from .store import NotFound
+from ...kubelet import gostr
+from ...kubelet.resolve import EVENT_WORD, FIELD, KINDS, containers_of
+from ...kubelet.worker import FAILURE, SUCCESS, ProbeWorker
+from ..apiserver import pods as podlib
+from ..apiserver.store import NotFound
 
 if TYPE_CHECKING:
-    from . import Sandbox
+    from .. import Sandbox
 
 
 @dataclass
@@ -164,7 +164,7 @@ class Kubelet:
                 self._cond.notify_all()
 
     def _execute(self, key: tuple[str, str, str], generation: int, entry: _Entry) -> None:
-        from ..probe import check
+        from ...kubelet.probe import check
 
         pod = self.sandbox.store.get("pods", entry.namespace, entry.pod)
         net = self.sandbox.runtime.network(entry.namespace, entry.pod)

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
-from . import __version__
-from .errors import ApiError, ConnectError
-from .kubeconfig import ClusterConfig
+from .. import __version__
+from ..errors import ApiError, ConnectError
+from .config import ClusterConfig
 
 USER_AGENT = f"kubectl-grpcprobe/{__version__}"
 
@@ -180,7 +180,7 @@ class KubeClient:
         self, path: str, query: list[tuple[str, Any]], protocols: list[str], timeout: float | None
     ) -> tuple[socket.socket, str, bytes]:
         """Open a WebSocket; returns (socket, chosen subprotocol, bytes already read past the headers)."""
-        from . import wsframe
+        from ..wire import wsframe
 
         deadline = time.monotonic() + timeout if timeout else None
         sock = self.connect(timeout)
@@ -224,7 +224,7 @@ class KubeClient:
 
 
 def _seconds(timeout: float | None) -> str:
-    from .gostr import duration
+    from ..kubelet.gostr import duration
 
     return duration(int((timeout or 0) * 10**9))
 

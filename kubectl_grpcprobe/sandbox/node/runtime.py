@@ -54,7 +54,7 @@ class Runtime:
 
     def start(self, pod: dict[str, Any]) -> PodNetwork:
         """Start the pod's containers (idempotent) and return its network."""
-        from ..agnhost import AgnhostServer, parse_args
+        from .agnhost import AgnhostServer, parse_args
 
         meta = pod["metadata"]
         key = (meta["namespace"], meta["name"])

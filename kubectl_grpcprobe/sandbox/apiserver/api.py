@@ -12,7 +12,7 @@ from .server import ApiError, not_found
 from .store import Conflict, NotFound
 
 if TYPE_CHECKING:
-    from . import Sandbox, User
+    from .. import Sandbox, User
     from .server import Handler
 
 _RW = ["create", "delete", "get", "list", "watch"]

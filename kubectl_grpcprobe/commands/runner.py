@@ -7,14 +7,15 @@ pod not running, nothing to probe).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from . import gostr
-from .errors import ExitCode, PodNotRunning
-from .kubeapi import KubeClient
-from .probe import Outcome, ProbeResult, check
-from .resolve import Target, resolve
+from ..errors import PodNotRunning
+from ..kube.client import KubeClient
+from ..kubelet import gostr
+from ..kubelet.probe import Outcome, ProbeResult, check
+from ..kubelet.report import Report
+from ..kubelet.resolve import Target, resolve
 
 
 @dataclass
@@ -26,30 +27,6 @@ class ProbeOptions:
     timeout_ns: int | None = None
     user_agent: str | None = None
 
-
-@dataclass
-class Report:
-    namespace: str
-    pod: str
-    pod_ip: str
-    target: Target
-    result: ProbeResult
-    timings: dict[str, float] = field(default_factory=dict)  # api, tunnel, connect, rpc, total (ms)
-    diagnostics: list[str] = field(default_factory=list)
-
-    @property
-    def address(self) -> str:
-        return gostr.join_host_port(self.pod_ip, self.target.port)
-
-    @property
-    def event(self) -> str:
-        """The kubelet's event text (it records only failures; we say so for successes too)."""
-        verb = "succeeded" if self.result.success else "failed"
-        return f"{self.target.event_word} probe {verb}: {self.result.output}"
-
-    @property
-    def exit_code(self) -> ExitCode:
-        return self.result.outcome.exit_code
 
 
 def pod_ip(pod: dict[str, Any]) -> str:
@@ -102,7 +79,7 @@ def probe_targets(
     client: KubeClient, pod: dict[str, Any], targets: list[Target], agent: str, *, api_ms: float, tunnel_timeout: float | None = None
 ) -> list[Report]:
     """Forward each port of a running pod once and run its targets through it."""
-    from .portforward import port_forward
+    from ..kube.portforward import port_forward
 
     namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
     ip = pod_ip(pod) or "<none>"
@@ -131,7 +108,7 @@ def execute(fwd: Any, target: Target, ip: str, agent: str) -> tuple[ProbeResult,
     errors_before = len(fwd.errors)
     address = gostr.join_host_port(ip, target.port)
     if target.tls:
-        from .tlsproxy import tls_terminator
+        from ..wire.tlsproxy import tls_terminator
 
         with tls_terminator(fwd.local_port, target.timeout_ns / 1e9) as tls:
             result = check(f"127.0.0.1:{tls.port}", service=target.service, timeout_ns=target.timeout_ns, user_agent=agent, address=address)
@@ -143,7 +120,7 @@ def execute(fwd: Any, target: Target, ip: str, agent: str) -> tuple[ProbeResult,
     if fwd.dropped and not result.success:
         notes.append("port-forward: the tunnel through the API server was dropped")
     if result.outcome is Outcome.UNREACHABLE and not notes:
-        from .tlsproxy import speaks_tls
+        from ..wire.tlsproxy import speaks_tls
 
         # A short look: a TLS server through the tunnel answers a handshake in milliseconds.
         if not target.tls and speaks_tls(fwd.local_port, 0.25):

@@ -11,8 +11,8 @@ import time
 from dataclasses import dataclass
 from enum import Enum
 
+from ..errors import ExitCode
 from . import gostr
-from .errors import ExitCode
 
 # grpc.health.v1.HealthCheckResponse.ServingStatus, with the names Go's String() prints.
 SERVING_STATUS = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}

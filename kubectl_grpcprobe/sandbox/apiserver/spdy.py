@@ -382,12 +382,12 @@ class SocketTransport:
         return self.sock.fileno()
 
     def receive(self) -> tuple[bytes, bool]:
-        from ..sockio import read_available
+        from ...wire.sockio import read_available
 
         return read_available(self.sock)
 
     def send(self, raw: bytes) -> None:
-        from ..sockio import send_all
+        from ...wire.sockio import send_all
 
         send_all(self.sock, raw, 30.0)
 
@@ -411,7 +411,7 @@ class WebSocketTransport:
         return self.ws.fileno()
 
     def receive(self) -> tuple[bytes, bool]:
-        from .. import wsframe
+        from ...wire import wsframe
 
         try:
             messages = self.ws.receive()
@@ -421,7 +421,7 @@ class WebSocketTransport:
         return data, self.ws.peer_closed
 
     def send(self, raw: bytes) -> None:
-        from .. import wsframe
+        from ...wire import wsframe
 
         self.ws.send(wsframe.OP_BINARY, raw)
 

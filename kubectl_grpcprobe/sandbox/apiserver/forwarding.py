@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from .. import wsframe
+from ...wire import wsframe
 
 
 @dataclass

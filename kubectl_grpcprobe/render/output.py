@@ -11,13 +11,13 @@ import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
-from .errors import ExitCode, most_severe
-from .runner import Report
+from ..errors import ExitCode, most_severe
+from ..kubelet.report import Report
 
 if TYPE_CHECKING:
-    from .fleet import PodOutcome
-    from .resolve import Target
-    from .toggle import KubeletAction, ToggleAnswer
+    from ..kube.portforward import HttpAnswer
+    from ..kubelet.report import KubeletAction, PodOutcome
+    from ..kubelet.resolve import Target
 
 SCHEMA_VERSION = "kubectl-grpcprobe/v1"
 
@@ -87,7 +87,7 @@ def render(reports: list[Report], fmt: str, env: Environment) -> None:
         header = ["POD", "CONTAINER", "PROBE", "TARGET", "SERVICE", "TIMEOUT", "RESULT", "API", "TUNNEL", "CONNECT", "RPC", "OUTPUT"]
         rows = [header]
         for r in reports:
-            from .gostr import duration, quote
+            from ..kubelet.gostr import duration, quote
 
             rows.append(
                 [
@@ -120,7 +120,7 @@ def render(reports: list[Report], fmt: str, env: Environment) -> None:
     _diagnostics(reports, env)
 
 
-def render_toggle(pod: str, port: int, answer: ToggleAnswer, fmt: str, env: Environment) -> None:
+def render_toggle(pod: str, port: int, answer: HttpAnswer, fmt: str, env: Environment) -> None:
     """The control endpoint's answer; in json it goes to stderr so stdout stays one document."""
     if fmt == "quiet":
         return
@@ -261,7 +261,7 @@ KIND_ORDER = {"startup": 0, "liveness": 1, "readiness": 2, "adhoc": 3}
 
 
 def fleet_summary(reports: list[Report], outcomes: list[PodOutcome]) -> dict[str, int]:
-    from .probe import Outcome
+    from ..kubelet.probe import Outcome
 
     healthy = sum(r.result.outcome is Outcome.HEALTHY for r in reports)
     unreachable = sum(r.result.outcome is Outcome.UNREACHABLE for r in reports)
@@ -296,7 +296,7 @@ def render_fleet(reports: list[Report], outcomes: list[PodOutcome], fmt: str, en
         }
         env.stdout.write(json.dumps(doc, indent=2) + "\n")
         return
-    from .gostr import duration, quote
+    from ..kubelet.gostr import duration, quote
 
     wide = fmt == "wide"
     header = ["NAMESPACE", "POD", "CONTAINER", "PROBE", "RESULT", "RPC"]

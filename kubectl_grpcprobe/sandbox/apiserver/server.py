@@ -15,12 +15,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
-from .. import wsframe
+from ...wire import wsframe
 from . import forwarding
 from .selectors import SelectorError, field_selector, label_selector
 
 if TYPE_CHECKING:
-    from . import Sandbox
+    from .. import Sandbox
 
 WEBSOCKET_PROTOCOLS = ("v4.channel.k8s.io", "v4.base64.channel.k8s.io")
 

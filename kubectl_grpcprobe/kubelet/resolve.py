@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import NothingToProbe, UsageError
+from ..errors import NothingToProbe, UsageError
 
 KINDS = ("startup", "liveness", "readiness")  # the kubelet's gating order
 FIELD = {"readiness": "readinessProbe", "liveness": "livenessProbe", "startup": "startupProbe"}

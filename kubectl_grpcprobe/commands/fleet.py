@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from .errors import ExitCode, GrpcProbeError, NothingToProbe, Terminated, UsageError
-from .kubeapi import KubeClient
-from .runner import ProbeOptions, Report, ensure_running, probe_targets, resolve_for
+from ..errors import ExitCode, GrpcProbeError, NothingToProbe, Terminated, UsageError
+from ..kube.client import KubeClient
+from ..kubelet.report import PodOutcome, Report
+from .runner import ProbeOptions, ensure_running, probe_targets, resolve_for
 
 # kubectl's names for the workload kinds -> (API path prefix, resource)
 WORKLOADS = {
@@ -28,16 +28,6 @@ WORKLOADS = {
 }
 POD_WORDS = ("pod", "pods", "po")
 
-
-@dataclass(frozen=True)
-class PodOutcome:
-    """A pod that produced no probe report: skipped (no gRPC probe) or failed before any check."""
-
-    namespace: str
-    pod: str
-    message: str
-    exit_code: ExitCode
-    skipped: bool = False
 
 
 def selector_string(selector: dict[str, Any]) -> str:

@@ -15,14 +15,15 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import gostr
-from .errors import ExitCode, Terminated, UsageError, most_severe
-from .kubeapi import KubeClient
-from .output import Environment, WatchPrinter
-from .probe import Outcome, ProbeResult
-from .resolve import Target
-from .runner import ProbeOptions, Report, ensure_running, execute, pod_ip, resolve_for, user_agent_for
-from .worker import ProbeWorker
+from ..errors import ExitCode, Terminated, UsageError, most_severe
+from ..kube.client import KubeClient
+from ..kubelet import gostr
+from ..kubelet.probe import Outcome, ProbeResult
+from ..kubelet.report import Report
+from ..kubelet.resolve import Target
+from ..kubelet.worker import ProbeWorker
+from ..render.output import Environment, WatchPrinter
+from .runner import ProbeOptions, ensure_running, execute, pod_ip, resolve_for, user_agent_for
 
 
 @dataclass
@@ -72,7 +73,7 @@ def watch(
     fmt: str,
     env: Environment,
 ) -> int:
-    from .portforward import port_forward
+    from ..kube.portforward import port_forward
 
     pod = client.get_pod(namespace, name)
     targets = resolve_for(pod, options)
@@ -169,7 +170,7 @@ def _stream(track: Track, agent: str, ip: str, count: int | None, printer: Watch
     """Follow Health/Watch; False when the server does not implement it (caller falls back to polling)."""
     import grpc
 
-    from .probe import decode_response, encode_request, status_name
+    from ..kubelet.probe import decode_response, encode_request, status_name
 
     channel = grpc.insecure_channel(
         f"127.0.0.1:{track.forward.local_port}",

@@ -1,0 +1,1 @@
+"""What a user runs: one module per subcommand, and the runner they share. Only cli.py imports from here."""

@@ -1,0 +1,1 @@
+"""The sandbox's node: containers as local servers (agnhost), and a kubelet that probes them."""
