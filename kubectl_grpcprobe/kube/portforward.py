@@ -26,6 +26,7 @@ from urllib.parse import quote
 
 from ..errors import ApiError, TunnelError
 from ..wire import wsframe
+from ..wire.sockio import has_pending
 from .client import KubeClient
 
 PROTOCOLS = ["v4.channel.k8s.io", "v4.base64.channel.k8s.io"]
@@ -35,12 +36,21 @@ RBAC_HINT = (
 )
 
 
+MAX_ERRORS = 32
+MAX_ERROR_TEXT = 2048
+
+
 @dataclass
 class Forward:
     local_port: int
     setup_ms: float
     errors: list[str] = field(default_factory=list)  # error-channel texts, in arrival order
     dropped: bool = False  # a WebSocket ended without a close frame
+
+    def note(self, text: str) -> None:
+        """Keep an error text; a peer flooding the error channel is held to a few, each cut short."""
+        if len(self.errors) < MAX_ERRORS:
+            self.errors.append(text if len(text) <= MAX_ERROR_TEXT else text[:MAX_ERROR_TEXT] + "…")
 
 
 class _Pair:
@@ -102,6 +112,11 @@ class _Bridge:
             self._wake_w.send(b"x")
         except OSError:
             pass
+        for pair in list(self._pairs):
+            try:  # unblocks a sendall to a local client that stopped reading, so the join is prompt
+                pair.local.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         if self._thread.is_alive():
             self._thread.join()
         for pair in self._pairs:
@@ -123,7 +138,13 @@ class _Bridge:
             sel.register(self.listener, selectors.EVENT_READ, "accept")
             sel.register(self._wake_r, selectors.EVENT_READ, "wake")
             while not self._stop.is_set():
-                for key, _ in sel.select():
+                # Bytes OpenSSL already decrypted do not wake select(): poll instead while any are held
+                # (reads are capped, so a flood leaves some there on purpose).
+                backlog = [pair for pair in self._pairs if has_pending(pair.ws.sock)]
+                for pair in backlog:
+                    if pair in self._pairs:
+                        self._from_remote(sel, pair)
+                for key, _ in sel.select(0 if backlog else None):
                     if key.data == "wake":
                         return
                     if key.data == "accept":
@@ -152,7 +173,7 @@ class _Bridge:
             try:
                 sock, protocol, rest = self.open_websocket()
             except Exception as exc:
-                self.forward.errors.append(str(exc))
+                self.forward.note(str(exc))
                 local.close()
                 return
         ws = wsframe.WebSocket(sock, client=True)
@@ -200,36 +221,44 @@ class _Bridge:
         try:
             messages = read()
         except wsframe.ConnectionClosed as closed:
+            self._note_close(pair)
             self._close_pair(sel, pair, dropped=closed.code is None)
             return
         except (OSError, wsframe.ProtocolError) as exc:
             if isinstance(exc, wsframe.ProtocolError):
-                self.forward.errors.append(f"port-forward stream error: {exc}")
+                self.forward.note(f"port-forward stream error: {exc}")
             self._close_pair(sel, pair, dropped=True)
             return
         self._handle_messages(sel, pair, messages)
         if pair.ws.peer_closed:
+            self._note_close(pair)
             self._close_pair(sel, pair)
+
+    def _note_close(self, pair: _Pair) -> None:
+        """A close other than normal (1000) or going-away (1001) says why the API server ended the stream."""
+        code, reason = pair.ws.close_code, pair.ws.close_reason
+        if code is not None and code not in (1000, 1001, 1005):
+            self.forward.note(f"port-forward: the API server closed the stream with code {code}" + (f": {reason}" if reason else ""))
 
     def _handle_messages(self, sel: selectors.BaseSelector, pair: _Pair, messages: list[tuple[int, bytes]]) -> None:
         for opcode, payload in messages:
             try:
                 decoded = pair.decode(opcode, payload)
             except wsframe.ProtocolError as exc:
-                self.forward.errors.append(str(exc))
+                self.forward.note(str(exc))
                 self._close_pair(sel, pair, dropped=True)
                 return
             if decoded is None:
                 continue
             channel, data = decoded
             if channel not in (0, 1):
-                self.forward.errors.append(f"port-forward stream error: unexpected channel {channel}")
+                self.forward.note(f"port-forward stream error: unexpected channel {channel}")
                 self._close_pair(sel, pair, dropped=True)
                 return
             if not pair.preamble[channel]:
                 # The first message on each channel is the port number, little-endian.
                 if len(data) < 2 or struct.unpack("<H", data[:2])[0] != self.port:
-                    self.forward.errors.append(f"port-forward stream error: bad port preamble on channel {channel}")
+                    self.forward.note(f"port-forward stream error: bad port preamble on channel {channel}")
                     self._close_pair(sel, pair, dropped=True)
                     return
                 pair.preamble[channel] = True
@@ -239,7 +268,7 @@ class _Bridge:
             if channel == 1:
                 text = data.decode("utf-8", "replace").strip()
                 if text:
-                    self.forward.errors.append(text)
+                    self.forward.note(text)
                 continue
             try:
                 pair.local.sendall(data)

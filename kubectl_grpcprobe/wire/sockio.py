@@ -12,12 +12,19 @@ import socket
 import ssl
 import time
 
+READ_LIMIT = 1 << 20
 
-def read_available(sock: socket.socket) -> tuple[bytes, bool]:
-    """Everything readable without blocking, and whether the stream hit EOF."""
+
+def read_available(sock: socket.socket, limit: int = READ_LIMIT) -> tuple[bytes, bool]:
+    """What is readable without blocking, up to `limit` bytes, and whether the stream hit EOF.
+
+    The limit keeps a flooding peer from growing memory: the rest waits in the kernel, or in OpenSSL's
+    buffer, where `has_pending` tells a selector loop to come back without waiting.
+    """
     chunks = []
+    total = 0
     eof = False
-    while True:
+    while total < limit:
         try:
             chunk = sock.recv(65536)
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError, InterruptedError):
@@ -28,7 +35,16 @@ def read_available(sock: socket.socket) -> tuple[bytes, bool]:
             eof = True
             break
         chunks.append(chunk)
+        total += len(chunk)
     return b"".join(chunks), eof
+
+
+def has_pending(sock: socket.socket) -> bool:
+    """Decrypted bytes OpenSSL holds that select() cannot see."""
+    try:
+        return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+    except (OSError, ValueError):
+        return False
 
 
 def send_all(sock: socket.socket, data: bytes, timeout: float) -> None:

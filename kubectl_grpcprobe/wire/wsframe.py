@@ -21,7 +21,7 @@ OP_CLOSE = 0x8
 OP_PING = 0x9
 OP_PONG = 0xA
 
-MAX_MESSAGE = 16 * 1024 * 1024  # refuse absurd frames instead of allocating them
+MAX_MESSAGE = 4 * 1024 * 1024  # a whole message, fragments added up: refuse, don't allocate, past this
 
 
 class ProtocolError(Exception):
@@ -83,6 +83,7 @@ class FrameReader:
         self._expect_masked = expect_masked
         self._fragments: list[bytes] = []
         self._fragment_opcode = 0
+        self._fragment_size = 0
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         self._buf += data
@@ -100,6 +101,9 @@ class FrameReader:
                 if not self._fragment_opcode:
                     raise ProtocolError("continuation frame without a message")
                 self._fragments.append(payload)
+                self._fragment_size += len(payload)
+                if self._fragment_size > MAX_MESSAGE:
+                    raise ProtocolError(f"fragmented message of over {MAX_MESSAGE} bytes is too large")
                 if fin:
                     out.append((self._fragment_opcode, b"".join(self._fragments)))
                     self._fragments, self._fragment_opcode = [], 0
@@ -110,6 +114,7 @@ class FrameReader:
                     out.append((opcode, payload))
                 else:
                     self._fragments, self._fragment_opcode = [payload], opcode
+                    self._fragment_size = len(payload)
             else:
                 raise ProtocolError(f"unknown opcode {opcode:#x}")
 
@@ -176,6 +181,7 @@ class WebSocket:
         self._reader = FrameReader(expect_masked=not client)
         self.send_timeout = send_timeout
         self.close_code: int | None = None
+        self.close_reason = ""
         self.peer_closed = False  # a close frame arrived; data before it has been returned
         self.closed = False
 
@@ -205,8 +211,9 @@ class WebSocket:
                 continue
             elif opcode == OP_CLOSE:
                 # Hand back the data that came before the close; callers check peer_closed.
-                code, _ = parse_close(payload)
+                code, reason = parse_close(payload)
                 self.close_code = code if code is not None else 1005
+                self.close_reason = "".join(c if c.isprintable() else "?" for c in reason)
                 self.peer_closed = True
                 if not self.closed:
                     self.closed = True
