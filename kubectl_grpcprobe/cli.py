@@ -142,6 +142,7 @@ def add_connection_flags(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--as", dest="impersonate", metavar="USER", help="user to impersonate")
     group.add_argument("--as-group", dest="impersonate_groups", action="append", default=[], metavar="GROUP", help="group to impersonate (repeatable)")
+    group.add_argument("--as-uid", dest="impersonate_uid", metavar="UID", help="UID to impersonate")
 
 
 def probe_parser() -> Parser:
@@ -329,10 +330,11 @@ def connect(args: argparse.Namespace, env: Environment):  # -> KubeClient, impor
             namespace=args.namespace,
             impersonate=args.impersonate,
             impersonate_groups=args.impersonate_groups,
+            impersonate_uid=args.impersonate_uid,
         )
     )
     if args.verbose:
-        trace(f"context {cfg.context or '(none)'}, server {cfg.server}, namespace {cfg.namespace}, auth {cfg.auth_kind()}")
+        trace(f"context {cfg.context or '(none)'}, server {cfg.display_server}, namespace {cfg.namespace}, auth {cfg.auth_kind()}")
     return KubeClient(
         cfg,
         request_timeout=args.request_timeout / 1e9 if args.request_timeout else None,
@@ -487,7 +489,9 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
     argv = list(sys.argv[1:] if argv is None else argv)
     previous = _catch_sigterm()
     try:
-        return run(argv, env)
+        code = run(argv, env)
+        env.stdout.flush()  # here, not at interpreter exit, so that a closed pipe is seen and answered below
+        return code
     except Terminated:
         env.stderr.write("error: terminated\n")
         return int(ExitCode.TERMINATED)
@@ -500,12 +504,28 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
         env.stderr.write("error: interrupted\n")
         return int(ExitCode.INTERRUPTED)
     except BrokenPipeError:
-        return int(ExitCode.OK)
+        # kubectl dies of SIGPIPE here (141); so do we, whatever the verdict was: the reader is gone, and a
+        # pipeline with pipefail must not read success from a result nobody saw.
+        _silence_stdout(env)
+        return int(ExitCode.PIPE_CLOSED)
     finally:
         if previous is not None:
             import signal
 
             signal.signal(signal.SIGTERM, previous)
+
+
+def _silence_stdout(env: Environment) -> None:
+    """Point stdout at the null device, so that the interpreter's last flush cannot fail once more."""
+    import os
+
+    try:
+        fd = env.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, fd)
+    os.close(null)
 
 
 def _catch_sigterm():  # -> the previous handler, or None when not in the main thread

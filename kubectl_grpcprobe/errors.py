@@ -14,6 +14,7 @@ class ExitCode(IntEnum):
     RPC_FAILED = 3  # the Check RPC failed: Unimplemented, NotFound, deadline, other codes
     UNHEALTHY = 4  # the server answered, but not SERVING
     INTERRUPTED = 130  # Ctrl-C (SIGINT)
+    PIPE_CLOSED = 141  # stdout's reader went away (as kubectl, which dies of SIGPIPE: 128 + 13)
     TERMINATED = 143  # SIGTERM, e.g. a runbook's timeout killing us
 
 

@@ -1,12 +1,11 @@
 """The few API calls a probe makes, over one keep-alive HTTPS connection, plus the WebSocket upgrade.
 
-Plain http.client rather than the official client's generated API: a probe needs two GETs and an
-upgrade, and CoreV1Api alone takes ~0.5 s to import.
+Our own small HTTP/1.1 (kube/transport.py) rather than the official client's generated API: a probe needs
+two GETs and an upgrade, and CoreV1Api alone takes ~0.5 s to import.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 import ssl
@@ -16,10 +15,33 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from .. import __version__
-from ..errors import ApiError, ConnectError
+from ..errors import ApiError, ConfigError, ConnectError
 from .config import ClusterConfig
+from .transport import BodyReader, Deadline, DeadlineExceeded, Proxy, open_connection, parse_head, read_head
 
 USER_AGENT = f"kubectl-grpcprobe/{__version__}"
+MAX_RETRIES = 10  # client-go's rest.Request maxRetries for 429/5xx answers that carry Retry-After
+
+
+def _check_header_value(name: str, value: str) -> str:
+    """Go's net/http refuses a header value with a control character; so do we, without printing the value."""
+    if any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in value):
+        raise ConfigError(
+            f'error: the {name} header from the kubeconfig contains a line break or control character '
+            f'(net/http: invalid header field value for "{name}"); check the token, tokenFile or exec plugin output'
+        )
+    return value
+
+
+def valid_name(kind: str, name: str) -> str:
+    """client-go's IsValidPathSegmentName, checked before any request as client-go's request builder does:
+    `.`, `..` or a `/` or `%` would change the URL path instead of naming an object."""
+    problems = [f"may not be '{name}'"] if name in (".", "..") else []
+    problems += [f"may not contain '{c}'" for c in "/%" if c in name]
+    if problems:
+        what = "resource name" if kind == "name" else "namespace"
+        raise ConfigError(f'error: invalid {what} "{name}": [{", ".join(problems)}]')
+    return name
 
 
 class KubeClient:
@@ -29,14 +51,18 @@ class KubeClient:
         self.trace = trace or (lambda line: None)
         url = urlsplit(cfg.server)
         if url.scheme not in ("https", "http") or not url.hostname:
-            raise ConnectError(f'error: server "{cfg.server}" in the kubeconfig is not an http(s) URL')
+            raise ConnectError(f'error: server "{cfg.display_server}" in the kubeconfig is not an http(s) URL')
         self.tls = url.scheme == "https"
         self.host = url.hostname
-        self.port = url.port or (443 if self.tls else 80)
+        try:
+            self.port = url.port or (443 if self.tls else 80)
+        except ValueError:
+            raise ConnectError(f'error: server "{cfg.display_server}" in the kubeconfig has an invalid port') from None
         self.base_path = url.path.rstrip("/")
         self.timeout = request_timeout or None
+        self.proxy: Proxy | None = cfg.proxy_for(url.scheme, self.host, self.port)
         self._ssl: ssl.SSLContext | None = None
-        self._conn: http.client.HTTPConnection | None = None
+        self._sock: socket.socket | None = None  # the kept-alive connection, always one open_connection made
 
     @property
     def where(self) -> str:
@@ -45,43 +71,29 @@ class KubeClient:
 
     # -- connections ---------------------------------------------------------------------------
 
-    def connect(self, timeout: float | None) -> socket.socket:
-        """A new TCP (+TLS) connection to the API server, with kubectl-like failure messages."""
-        try:
-            sock = socket.create_connection((self.host, self.port), timeout=timeout)
-        except TimeoutError:
-            raise ConnectError(f"error: unable to connect to the server {self.where}: i/o timeout") from None
-        except ConnectionRefusedError:
-            raise ConnectError(
-                f"error: the connection to the server {self.where} was refused - did you specify the right host or port?"
-            ) from None
-        except socket.gaierror as exc:
-            raise ConnectError(f"error: unable to connect to the server: lookup {self.host}: {exc.strerror}") from None
-        except OSError as exc:
-            raise ConnectError(f"error: unable to connect to the server {self.where}: {exc.strerror or exc}") from None
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.trace(f"connected to {self.where}{' (TLS)' if self.tls else ''}")
-        if not self.tls:
-            return sock
-        if self._ssl is None:
+    def connect(self, deadline: Deadline) -> socket.socket:
+        """A new connection to the API server (through its proxy, if any; TLS for https), within `deadline`."""
+        if self.tls and self._ssl is None:
             self._ssl = self.cfg.ssl_context()
         try:
-            return self._ssl.wrap_socket(sock, server_hostname=self.cfg.tls_server_name or self.host)
-        except ssl.SSLCertVerificationError as exc:
-            sock.close()
-            raise ConnectError(
-                f"error: unable to connect to the server {self.where}: tls: failed to verify certificate: {exc.verify_message}"
-            ) from None
-        except (ssl.SSLError, OSError) as exc:
-            sock.close()
-            if isinstance(exc, (TimeoutError, socket.timeout)):
-                raise ConnectError(f"error: unable to connect to the server {self.where}: TLS handshake timeout") from None
-            raise ConnectError(f"error: unable to connect to the server {self.where}: TLS handshake failed") from None
+            sock = open_connection(
+                self.host,
+                self.port,
+                tls=self._ssl if self.tls else None,
+                server_name=self.cfg.tls_server_name or self.host,
+                proxy=self.proxy,
+                deadline=deadline,
+                where=self.where,
+            )
+        except TimeoutError:
+            raise DeadlineExceeded(f"error: unable to connect to the server {self.where}: i/o timeout") from None
+        via = f" through proxy {self.proxy}" if self.proxy else ""
+        self.trace(f"connected to {self.where}{via}{' (TLS)' if self.tls else ''}")
+        return sock
 
     def _headers(self) -> list[tuple[str, str]]:
         headers = [("User-Agent", USER_AGENT), ("Accept", "application/json")]
-        headers += list(self.cfg.auth_headers().items())
-        headers += self.cfg.impersonate_group_headers()
+        headers += [(k, _check_header_value(k, v)) for k, v in self.cfg.auth_headers()]
         return headers
 
     def _path(self, path: str, query: dict[str, Any] | list[tuple[str, Any]] | None) -> str:
@@ -90,75 +102,115 @@ class KubeClient:
             full += "?" + urlencode(query, doseq=True)
         return full
 
+    def _request_bytes(self, method: str, path: str, query: Any, extra: list[str] | None = None) -> bytes:
+        lines = [f"{method} {self._path(path, query)} HTTP/1.1", f"Host: {self.where}"]
+        lines += extra or []
+        lines += [f"{k}: {v}" for k, v in self._headers()]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
+
+    def _timeout_error(self) -> DeadlineExceeded:
+        return DeadlineExceeded(
+            f"error: the API server at {self.where} did not answer within {_seconds(self.timeout)} (--request-timeout)"
+        )
+
     # -- requests ------------------------------------------------------------------------------
 
     def get(self, path: str, query: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One GET within one --request-timeout deadline, retries for 429/5xx with Retry-After included."""
+        deadline = Deadline(self.timeout)
+        request = self._request_bytes("GET", path, query)
+        retries = 0
+        while True:
+            status, reason, headers, body = self._exchange(request, path, deadline)
+            wait = _retry_after(status, headers)
+            if wait is None or retries >= MAX_RETRIES:
+                break
+            retries += 1
+            if deadline.at is not None and time.monotonic() + wait >= deadline.at:
+                break  # the wait would outlast --request-timeout: report the answer we have
+            self.trace(f"GET {path} -> {status}; Retry-After {wait:g}s (retry {retries} of {MAX_RETRIES})")
+            time.sleep(wait)
+        if status >= 400:
+            raise _status_error(status, reason, body)
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict):
+            raise ConnectError(f"error: the server at {self.where} answered {path} with something that is not a JSON object")
+        return doc
+
+    def _exchange(self, request: bytes, path: str, deadline: Deadline) -> tuple[int, str, dict[str, str], bytes]:
+        """Send one request and read its answer, on the kept-alive connection or a new one."""
         for attempt in (0, 1):
-            if self._conn is None:
-                conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-                conn.sock = self.connect(self.timeout)
-                self._conn = conn
-            conn = self._conn
-            started = time.perf_counter()
+            reused = self._sock is not None
             try:
-                conn.putrequest("GET", self._path(path, query), skip_host=False, skip_accept_encoding=True)
-                for key, value in self._headers():
-                    conn.putheader(key, value)
-                conn.endheaders()
-                response = conn.getresponse()
-                body = response.read()
-                self.trace(f"GET {path} -> {response.status} in {(time.perf_counter() - started) * 1000:.1f}ms")
+                if self._sock is None:
+                    self._sock = self.connect(deadline)
+                sock = self._sock
+                started = time.perf_counter()
+                sock.settimeout(deadline.remaining())
+                sock.sendall(request)
+                head, rest = read_head(sock, deadline)
+                status, reason, headers = parse_head(head)
+                reader = BodyReader(sock, headers, rest, deadline)
+                body = reader.read_all()
             except TimeoutError:
                 self.close()
-                raise ConnectError(
-                    f"error: the API server at {self.where} did not answer within {_seconds(self.timeout)} (--request-timeout)"
-                ) from None
-            except (http.client.HTTPException, ConnectionError, ssl.SSLError, OSError):
-                # A kept-alive connection the server closed: retry once on a fresh one.
+                raise self._timeout_error() from None
+            except DeadlineExceeded:
                 self.close()
-                if attempt:
-                    raise ConnectError(f"error: the connection to the server {self.where} was lost") from None
-                continue
-            if response.status >= 400:
-                raise _status_error(response.status, response.reason, body)
-            try:
-                return json.loads(body)
-            except ValueError:
-                raise ConnectError(f"error: the server at {self.where} answered {path} with something that is not JSON") from None
+                raise
+            except (ConnectionError, ssl.SSLError, OSError) as exc:
+                self.close()
+                if isinstance(exc, ConnectError):
+                    raise
+                if reused and attempt == 0:
+                    continue  # a kept-alive connection the server had closed: once more, on a new TLS connection
+                raise ConnectError(f"error: the connection to the server {self.where} was lost") from None
+            self.trace(f"GET {path} -> {status} in {(time.perf_counter() - started) * 1000:.1f}ms")
+            if not reader.complete or "close" in headers.get("connection", "").lower():
+                self.close()  # the next request opens a new connection through connect(): TLS again
+            return status, reason, headers, body
         raise AssertionError("unreachable")
 
     def watch(self, path: str, query: dict[str, Any], deadline: float) -> Iterator[dict[str, Any]]:
         """Watch events (type, object) from a `?watch=1` stream on its own connection, until `deadline`."""
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=max(0.1, deadline - time.monotonic()))
-        conn.sock = self.connect(self.timeout)
+        until = Deadline(max(0.001, deadline - time.monotonic()))
         try:
-            conn.putrequest("GET", self._path(path, {**query, "watch": "1"}), skip_accept_encoding=True)
-            for key, value in self._headers():
-                conn.putheader(key, value)
-            conn.endheaders()
-            response = conn.getresponse()
-            if response.status >= 400:
-                raise _status_error(response.status, response.reason, response.read())
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return
-                conn.sock.settimeout(remaining)
-                try:
-                    line = response.readline()
-                except TimeoutError:
-                    return
-                except (OSError, http.client.HTTPException):
-                    raise ConnectError(f"error: the watch on {self.where} was cut") from None
-                if not line:
-                    return
-                if line.strip():
-                    yield json.loads(line)
+            sock = self.connect(until)
+        except DeadlineExceeded:
+            return
+        try:
+            sock.settimeout(until.remaining())
+            sock.sendall(self._request_bytes("GET", path, {**query, "watch": "1"}))
+            head, rest = read_head(sock, until)
+            status, reason, headers = parse_head(head)
+            reader = BodyReader(sock, headers, rest, until)
+            if status >= 400:
+                raise _status_error(status, reason, reader.read_all())
+            pending = b""
+            for chunk in reader.chunks() if reader.chunked else iter(lambda: _read_some(reader), b""):
+                pending += chunk
+                if len(pending) > reader.limit:
+                    raise ConnectError(f"error: the watch on {self.where} sent an event over the size limit")
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        event = json.loads(line)
+                        if isinstance(event, dict):
+                            yield event
+        except TimeoutError:
+            return
+        except (OSError, ValueError):
+            raise ConnectError(f"error: the watch on {self.where} was cut") from None
         finally:
-            conn.close()
+            sock.close()
 
     def get_pod(self, namespace: str, name: str) -> dict[str, Any]:
         try:
+            valid_name("namespace", namespace)
+            valid_name("name", name)
             return self.get(f"/api/v1/namespaces/{quote(namespace, safe='')}/pods/{quote(name, safe='')}")
         except ApiError as err:
             if err.code == 404 and self._namespace_missing(namespace):
@@ -179,48 +231,54 @@ class KubeClient:
     def upgrade_websocket(
         self, path: str, query: list[tuple[str, Any]], protocols: list[str], timeout: float | None
     ) -> tuple[socket.socket, str, bytes]:
-        """Open a WebSocket; returns (socket, chosen subprotocol, bytes already read past the headers)."""
+        """Open a WebSocket; returns (socket, chosen subprotocol, bytes already read past the headers).
+
+        `timeout` bounds the whole upgrade: connect, proxy, TLS, request and response.
+        """
         from ..wire import wsframe
 
-        deadline = time.monotonic() + timeout if timeout else None
-        sock = self.connect(timeout)
+        deadline = Deadline(timeout)
+        sock = self.connect(deadline)
         try:
             key = wsframe.new_client_key()
-            lines = [
-                f"GET {self._path(path, query)} HTTP/1.1",
-                f"Host: {self.where}",
+            extra = [
                 "Upgrade: websocket",
                 "Connection: Upgrade",
                 f"Sec-WebSocket-Key: {key}",
                 "Sec-WebSocket-Version: 13",
                 f"Sec-WebSocket-Protocol: {', '.join(protocols)}",
             ]
-            lines += [f"{k}: {v}" for k, v in self._headers()]
-            sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-            head, rest = _read_head(sock, deadline, self.where)
-            status_line, _, header_block = head.partition("\r\n")
-            parts = status_line.split(" ", 2)
-            status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+            sock.settimeout(deadline.remaining())
+            sock.sendall(self._request_bytes("GET", path, query, extra))
+            try:
+                head, rest = read_head(sock, deadline)
+            except TimeoutError:
+                raise ConnectError(f"error: the API server at {self.where} did not answer the port-forward upgrade in time") from None
+            except (ssl.SSLError, OSError):
+                raise ConnectError(f"error: the API server at {self.where} closed the connection during the port-forward upgrade") from None
+            status, reason, headers = parse_head(head)
             self.trace(f"upgrade {path} (ports {', '.join(str(v) for k, v in query if k == 'ports')}) -> {status}")
-            headers = {}
-            for line in header_block.split("\r\n"):
-                name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
             if status != 101:
-                body = _read_body(sock, headers, rest, deadline)
-                raise _status_error(status, parts[2] if len(parts) > 2 else "", body)
+                try:
+                    body = BodyReader(sock, headers, rest, deadline, limit=1 << 20).read_all()
+                except (OSError, ConnectError):
+                    body = b""
+                raise _status_error(status, reason, body)
             if headers.get("sec-websocket-accept") != wsframe.accept_key(key):
                 raise ConnectError("error: the API server answered the port-forward upgrade with a bad Sec-WebSocket-Accept")
+            chosen = headers.get("sec-websocket-protocol", "")
+            if chosen and chosen not in protocols:
+                raise ConnectError(f"error: the API server chose the subprotocol {chosen!r}, which was not offered")
             sock.settimeout(None)
-            return sock, headers.get("sec-websocket-protocol", ""), rest
+            return sock, chosen, rest
         except BaseException:
             sock.close()
             raise
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
 
 def _seconds(timeout: float | None) -> str:
@@ -229,48 +287,23 @@ def _seconds(timeout: float | None) -> str:
     return duration(int((timeout or 0) * 10**9))
 
 
-def _read_head(sock: socket.socket, deadline: float | None, where: str) -> tuple[str, bytes]:
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        if deadline is not None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ConnectError(f"error: the API server at {where} did not answer the port-forward upgrade in time")
-            sock.settimeout(remaining)
-        try:
-            chunk = sock.recv(4096)
-        except TimeoutError:
-            raise ConnectError(f"error: the API server at {where} did not answer the port-forward upgrade in time") from None
-        except (ssl.SSLError, OSError):
-            chunk = b""
-        if not chunk:
-            raise ConnectError(f"error: the API server at {where} closed the connection during the port-forward upgrade")
-        buf += chunk
-        if len(buf) > 65536:
-            raise ConnectError("error: the API server sent an oversized response to the port-forward upgrade")
-    head, _, rest = buf.partition(b"\r\n\r\n")
-    return head.decode("latin-1"), rest
+def _read_some(reader: BodyReader) -> bytes:
+    """A body without chunking or length (HTTP/1.0 style): whatever arrives next, b"" at EOF."""
+    if not reader.buf and not reader._fill():
+        return b""
+    data = bytes(reader.buf)
+    reader.buf.clear()
+    return data
 
 
-def _read_body(sock: socket.socket, headers: dict[str, str], rest: bytes, deadline: float | None) -> bytes:
-    length = int(headers.get("content-length") or 0) if headers.get("content-length", "").isdigit() else None
-    body = rest
-    while length is None or len(body) < length:
-        if deadline is not None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            sock.settimeout(remaining)
-        try:
-            chunk = sock.recv(65536)
-        except (OSError, ssl.SSLError):
-            break
-        if not chunk:
-            break
-        body += chunk
-        if len(body) > 1 << 20:
-            break
-    return body if length is None else body[:length]
+def _retry_after(status: int, headers: dict[str, str]) -> float | None:
+    """client-go's checkWait: retry 429 and 5xx answers that carry an integer Retry-After."""
+    if status != 429 and not 500 <= status < 600:
+        return None
+    value = headers.get("retry-after", "").strip()
+    if not value.isdigit():
+        return None
+    return float(min(int(value), 60))
 
 
 def _status_error(code: int, reason: str, body: bytes) -> ApiError:

@@ -1,8 +1,9 @@
 """Connection settings the way kubectl finds them: kubeconfig files (merged), flags, in-cluster.
 
 Our own loader instead of kubernetes.config: importing that module costs ~0.3 s, more than a whole
-probe. Exotic auth (the legacy `auth-provider` plugins) is still delegated to the official client,
-lazily, so only those users pay for it.
+probe. Everything kubectl reads for a connection is read here, the same way: proxies, impersonation,
+exec credential plugins. The legacy `auth-provider: oidc` is used only while its id-token is valid; it is
+never refreshed here (see _auth_provider for why).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class Overrides:
     namespace: str | None = None
     impersonate: str | None = None
     impersonate_groups: list[str] = field(default_factory=list)
+    impersonate_uid: str | None = None
 
 
 @dataclass
@@ -49,9 +51,31 @@ class ClusterConfig:
     client_key: bytes | None = None
     impersonate: str | None = None
     impersonate_groups: list[str] = field(default_factory=list)
+    impersonate_uid: str | None = None
+    impersonate_extra: dict[str, list[str]] = field(default_factory=dict)
+    proxy_url: str | None = None
 
     def __repr__(self) -> str:  # never let a credential reach a log line or a traceback
         return f"ClusterConfig(server={self.server!r}, context={self.context!r}, namespace={self.namespace!r})"
+
+    @property
+    def display_server(self) -> str:
+        """The server URL for messages and -v: a password in it is replaced, as kubectl's redaction does."""
+        from urllib.parse import urlsplit, urlunsplit
+
+        parts = urlsplit(self.server)
+        if parts.password is None:
+            return self.server
+        netloc = f"{parts.username}:xxxxx@{parts.netloc.rpartition('@')[2]}"
+        return urlunsplit(parts._replace(netloc=netloc))
+
+    def proxy_for(self, scheme: str, host: str, port: int):  # -> transport.Proxy | None
+        """The cluster's proxy-url, else the environment's, exactly where kubectl would use one."""
+        from .transport import parse_proxy, proxy_from_environment
+
+        if self.proxy_url:
+            return parse_proxy(self.proxy_url, f'proxy-url of cluster in context "{self.context}"')
+        return proxy_from_environment(scheme, host, port)
 
     def ssl_context(self) -> ssl.SSLContext:
         if self.insecure:  # only where the kubeconfig says insecure-skip-tls-verify
@@ -84,19 +108,24 @@ class ClusterConfig:
         tls = "TLS verification off (insecure-skip-tls-verify)" if self.insecure else "TLS verified"
         return (", ".join(kinds) or "anonymous") + f"; {tls}"
 
-    def auth_headers(self) -> dict[str, str]:
-        headers: dict[str, str] = {}
+    def auth_headers(self) -> list[tuple[str, str]]:
+        """Authorization and impersonation headers, as client-go's transport sets them."""
+        from urllib.parse import quote
+
+        headers: list[tuple[str, str]] = []
         if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
+            headers.append(("Authorization", f"Bearer {self.token}"))
         elif self.username is not None:
             pair = f"{self.username}:{self.password or ''}".encode()
-            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
+            headers.append(("Authorization", "Basic " + base64.b64encode(pair).decode()))
         if self.impersonate:
-            headers["Impersonate-User"] = self.impersonate
+            headers.append(("Impersonate-User", self.impersonate))
+            headers += [("Impersonate-Group", g) for g in self.impersonate_groups]
+            if self.impersonate_uid:
+                headers.append(("Impersonate-Uid", self.impersonate_uid))
+            for key, values in self.impersonate_extra.items():
+                headers += [(f"Impersonate-Extra-{quote(key, safe='')}", v) for v in values]
         return headers
-
-    def impersonate_group_headers(self) -> list[tuple[str, str]]:
-        return [("Impersonate-Group", g) for g in self.impersonate_groups]
 
 
 def _load_client_cert(ctx: ssl.SSLContext, cert: bytes, key: bytes) -> None:
@@ -109,8 +138,12 @@ def _load_client_cert(ctx: ssl.SSLContext, cert: bytes, key: bytes) -> None:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
+        def no_pass_phrase() -> str:
+            # Without this, OpenSSL prompts on the terminal. kubectl cannot use an encrypted key either.
+            raise ConfigError("error: the client key in the kubeconfig is encrypted; kubectl does not support encrypted keys")
+
         try:
-            ctx.load_cert_chain(cert_path, key_path)
+            ctx.load_cert_chain(cert_path, key_path, password=no_pass_phrase)
         except ssl.SSLError as exc:
             raise ConfigError(f"error: invalid client certificate or key in kubeconfig ({exc.reason or 'unreadable'})") from None
 
@@ -205,28 +238,60 @@ def load(overrides: Overrides) -> ClusterConfig:
     server = cluster.get("server")
     if not server:
         raise ConfigError(f'error: cluster "{cluster_name}" has no server')
+    impersonate = overrides.impersonate or user.get("as")
     cfg = ClusterConfig(
         server=str(server).rstrip("/"),
         namespace=overrides.namespace or context.get("namespace") or "default",
         context=context_name or "",
-        insecure=bool(cluster.get("insecure-skip-tls-verify")),
-        tls_server_name=cluster.get("tls-server-name"),
-        impersonate=overrides.impersonate or user.get("as"),
+        insecure=_bool(cluster, "insecure-skip-tls-verify", cluster_file, f'cluster "{cluster_name}"'),
+        tls_server_name=_string(cluster, "tls-server-name", cluster_file),
+        proxy_url=_string(cluster, "proxy-url", cluster_file),
+        impersonate=impersonate,
+        # client-go sends groups, uid and extra only together with a user to impersonate; flags replace the file's.
         impersonate_groups=list(overrides.impersonate_groups or user.get("as-groups") or []),
+        impersonate_uid=overrides.impersonate_uid or _string(user, "as-uid", user_file),
+        impersonate_extra={str(k): [str(v) for v in (vs or [])] for k, vs in (user.get("as-user-extra") or {}).items()},
     )
     if not cfg.insecure:
         cfg.ca_data = _data_or_file(cluster, "certificate-authority", cluster_file)
     cfg.client_cert = _data_or_file(user, "client-certificate", user_file)
     cfg.client_key = _data_or_file(user, "client-key", user_file)
-    cfg.token = user.get("token")
-    if not cfg.token and user.get("tokenFile"):
-        cfg.token = _read_relative(user["tokenFile"], user_file).decode().strip()
-    cfg.username, cfg.password = user.get("username"), user.get("password")
+    if bool(cfg.client_cert) != bool(cfg.client_key):
+        missing = "client-key-data or client-key" if cfg.client_cert else "client-cert-data or client-cert"
+        raise ConfigError(f'error: {missing} must be specified for {user_name} to use the clientCert authentication method.')
+    # As client-go: a tokenFile, when set, wins over an inline token (it is the one kept fresh).
+    if user.get("tokenFile"):
+        cfg.token = _read_relative(str(user["tokenFile"]), user_file).decode("utf-8", "replace").strip()
+    else:
+        cfg.token = _string(user, "token", user_file)
+    cfg.username, cfg.password = _string(user, "username", user_file), _string(user, "password", user_file)
     if user.get("exec"):
-        _run_exec_plugin(cfg, user["exec"], cluster)
+        _run_exec_plugin(cfg, user["exec"], cluster, user_file)
     elif user.get("auth-provider"):
-        _auth_provider(cfg, merged, context_name, user_file)
+        _auth_provider(cfg, user["auth-provider"], user_name or "")
     return cfg
+
+
+def _bool(entry: dict[str, Any], key: str, path: Path, what: str) -> bool:
+    """A YAML boolean, strictly: kubectl refuses `"false"` (a string) rather than reading it as true."""
+    value = entry.get(key, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ConfigError(
+            f'error: kubeconfig "{path}": {what}: {key} must be true or false, not {json.dumps(value)} '
+            "(kubectl refuses this kubeconfig too)"
+        )
+    return value
+
+
+def _string(entry: dict[str, Any], key: str, path: Path) -> str | None:
+    value = entry.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        raise ConfigError(f'error: kubeconfig "{path}": {key} must be a string')
+    return str(value)
 
 
 def _read_relative(name: str, base: Path) -> bytes:
@@ -251,65 +316,124 @@ def _data_or_file(entry: dict[str, Any], key: str, base: Path) -> bytes | None:
     return None
 
 
-def _run_exec_plugin(cfg: ClusterConfig, spec: dict[str, Any], cluster: dict[str, Any]) -> None:
-    """client.authentication.k8s.io exec credential plugins (kubectl's `users[].user.exec`)."""
+def _run_exec_plugin(cfg: ClusterConfig, spec: dict[str, Any], cluster: dict[str, Any], base: Path) -> None:
+    """client.authentication.k8s.io exec credential plugins, run as client-go runs them.
+
+    - a command containing a path separator is relative to the kubeconfig's folder; a bare name is looked up on PATH;
+    - its stderr is the user's (prompts and errors show); stdin is the terminal when interactiveMode allows it;
+    - KUBERNETES_EXEC_INFO carries spec.interactive and, with provideClusterInfo, spec.cluster.
+    """
+    import sys
+
     command = spec.get("command")
-    if not command:
+    if not command or not isinstance(command, str):
         raise ConfigError("error: exec credential plugin has no command")
+    if os.sep in command or (os.altsep and os.altsep in command):
+        path = Path(command).expanduser()
+        command = str(path if path.is_absolute() else base.parent / path)
     api_version = spec.get("apiVersion") or "client.authentication.k8s.io/v1"
+    mode = spec.get("interactiveMode") or ("IfAvailable" if api_version.endswith("v1beta1") else "")
+    if mode not in ("Never", "IfAvailable", "Always"):
+        raise ConfigError(f'error: exec credential plugin "{command}": interactiveMode must be Never, IfAvailable or Always')
+    stdin_is_terminal = bool(getattr(sys.stdin, "isatty", lambda: False)())
+    interactive = mode != "Never" and stdin_is_terminal
+    if mode == "Always" and not interactive:
+        raise ConfigError(f'error: exec plugin "{command}" cannot support interactive mode: standard input is not a terminal')
+    exec_spec: dict[str, Any] = {"interactive": interactive}
+    if spec.get("provideClusterInfo"):
+        info: dict[str, Any] = {"server": cfg.server}
+        for key in ("tls-server-name", "insecure-skip-tls-verify", "proxy-url", "disable-compression"):
+            if cluster.get(key) not in (None, ""):
+                info[key] = cluster[key]
+        if cfg.ca_data:
+            info["certificate-authority-data"] = base64.b64encode(cfg.ca_data).decode()
+        for ext in cluster.get("extensions") or []:
+            if isinstance(ext, dict) and ext.get("name") == "client.authentication.k8s.io/exec":
+                info["config"] = ext.get("extension")
+        exec_spec["cluster"] = info
     env = dict(os.environ)
     for item in spec.get("env") or []:
         env[str(item.get("name"))] = str(item.get("value", ""))
-    env["KUBERNETES_EXEC_INFO"] = json.dumps(
-        {"apiVersion": api_version, "kind": "ExecCredential", "spec": {"interactive": False}}
-    )
+    env["KUBERNETES_EXEC_INFO"] = json.dumps({"apiVersion": api_version, "kind": "ExecCredential", "spec": exec_spec})
     try:
         proc = subprocess.run(
-            [command, *(spec.get("args") or [])],
+            [command, *(str(a) for a in spec.get("args") or [])],
             env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
+            stdin=None if interactive else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=None,  # the user's terminal, as kubectl leaves it
             timeout=60,
             check=False,
         )
-    except FileNotFoundError:
+    except (FileNotFoundError, PermissionError) as exc:
         hint = spec.get("installHint") or ""
-        raise ConfigError(f'error: exec credential plugin "{command}" not found' + (f": {hint.strip()}" if hint else "")) from None
+        what = "not found" if isinstance(exc, FileNotFoundError) else "not executable"
+        raise ConfigError(f'error: exec credential plugin "{command}" {what}' + (f": {hint.strip()}" if hint else "")) from None
     except subprocess.TimeoutExpired:
         raise ConfigError(f'error: exec credential plugin "{command}" did not answer within 60s') from None
     if proc.returncode != 0:
         raise ConfigError(f'error: exec credential plugin "{command}" failed with exit code {proc.returncode}')
     try:
-        status = json.loads(proc.stdout).get("status") or {}
+        doc = json.loads(proc.stdout)
     except ValueError:
-        raise ConfigError(f'error: exec credential plugin "{command}" printed no ExecCredential') from None
-    if status.get("token"):
-        cfg.token = status["token"]
-    if status.get("clientCertificateData") and status.get("clientKeyData"):
-        cfg.client_cert = status["clientCertificateData"].encode()
-        cfg.client_key = status["clientKeyData"].encode()
-
-
-def _auth_provider(cfg: ClusterConfig, merged: dict[str, Any], context_name: str, base: Path) -> None:
-    """Legacy auth-provider plugins (oidc, ...): delegate to the official client's loader."""
-    try:
-        from kubernetes.config.kube_config import KubeConfigLoader
-    except ImportError:  # pragma: no cover - kubernetes is a declared dependency
-        raise ConfigError("error: this kubeconfig uses an auth-provider; install the kubernetes package") from None
-    doc = {
-        "clusters": [{"name": n, "cluster": v[0]} for n, v in merged["clusters"].items()],
-        "users": [{"name": n, "user": v[0]} for n, v in merged["users"].items()],
-        "contexts": [{"name": n, "context": v[0]} for n, v in merged["contexts"].items()],
-        "current-context": context_name,
-    }
-    try:
-        loader = KubeConfigLoader(doc, active_context=context_name, config_base_path=str(base.parent))
-        loader._load_authentication()
-    except Exception as exc:  # the official loader raises many types; report them as one
-        raise ConfigError(f"error: auth-provider failed: {type(exc).__name__}") from None
-    token = getattr(loader, "token", None)
+        doc = None
+    status = doc.get("status") if isinstance(doc, dict) else None
+    if not isinstance(status, dict) or doc.get("kind") != "ExecCredential":
+        raise ConfigError(f'error: exec credential plugin "{command}" printed no ExecCredential on stdout')
+    if doc.get("apiVersion") != api_version:
+        raise ConfigError(
+            f'error: exec credential plugin "{command}" answered {doc.get("apiVersion")!r}, not the {api_version!r} it was asked for'
+        )
+    token, cert, key = status.get("token"), status.get("clientCertificateData"), status.get("clientKeyData")
+    if (token is not None and not isinstance(token, str)) or not isinstance(cert or "", str) or not isinstance(key or "", str):
+        raise ConfigError(f'error: exec credential plugin "{command}" printed a malformed ExecCredential status')
+    if bool(cert) != bool(key):
+        raise ConfigError(f'error: exec credential plugin "{command}" returned a client certificate without its key, or a key without its certificate')
+    if not token and not cert:
+        raise ConfigError(f'error: exec credential plugin "{command}" returned neither a token nor a client certificate')
     if token:
-        cfg.token = token.removeprefix("Bearer ").strip()
+        cfg.token = token
+    if cert and key:
+        cfg.client_cert, cfg.client_key = cert.encode(), key.encode()
+
+
+def _auth_provider(cfg: ClusterConfig, provider: dict[str, Any], user_name: str) -> None:
+    """The legacy `auth-provider` block. Only `oidc`, and only while its id-token is valid.
+
+    Refreshing is refused on purpose. The official client fetched the issuer's discovery document without
+    verifying it when `idp-certificate-authority` was absent, posted the refresh token and client secret to
+    the endpoint that document named, and did not write the new tokens back (breaking single-use refresh
+    tokens for kubectl's next run). kubectl refreshes it correctly and writes it back: after any kubectl
+    command the plugin works again. The lasting fix is the exec plugin that replaced auth-provider.
+    """
+    name = provider.get("name") if isinstance(provider, dict) else None
+    replacement = "switch the user to an exec credential plugin (for OIDC: kubelogin, `kubectl oidc-login`)"
+    if name != "oidc":
+        raise ConfigError(
+            f'error: user "{user_name}" uses auth-provider "{name}", which kubectl removed in 1.26; {replacement}'
+            + (" or gke-gcloud-auth-plugin for GKE" if name == "gcp" else "")
+        )
+    config = provider.get("config") or {}
+    token = config.get("id-token")
+    if isinstance(token, str) and token and not _jwt_expired(token):
+        cfg.token = token
+        return
+    raise ConfigError(
+        f'error: the OIDC id-token of user "{user_name}" has expired or is missing, and kubectl-grpcprobe does not refresh '
+        f"legacy auth-provider tokens: run any kubectl command with this context to refresh it, or {replacement}"
+    )
+
+
+def _jwt_expired(token: str, skew: float = 10.0) -> bool:
+    """Whether a JWT's `exp` has passed (as client-go's oidc provider checks, before any use). Unreadable = expired."""
+    import time
+
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        return float(claims["exp"]) <= time.time() + skew
+    except (IndexError, ValueError, KeyError, TypeError):
+        return True
 
 
 def in_cluster(overrides: Overrides) -> ClusterConfig:
@@ -335,4 +459,5 @@ def in_cluster(overrides: Overrides) -> ClusterConfig:
         token=token,
         impersonate=overrides.impersonate,
         impersonate_groups=list(overrides.impersonate_groups),
+        impersonate_uid=overrides.impersonate_uid,
     )

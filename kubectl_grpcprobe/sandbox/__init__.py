@@ -200,6 +200,8 @@ class Sandbox:
         import yaml
 
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        if hasattr(os, "fchmod"):  # an existing file keeps its mode through O_CREAT: it holds a token, so 0600
+            os.fchmod(fd, 0o600)
         with os.fdopen(fd, "w") as fh:
             yaml.safe_dump(self.kubeconfig(**kwargs), fh, sort_keys=False)
         return str(path)
