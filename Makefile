@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: test lint demo bench dist clean
+.PHONY: test lint demo bench dist clean k8s
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ dist: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) bench/bench_probe.py
+
+# The real Kubernetes components, agnhost, the kubelet's prober (probe-oracle) and grpc_health_probe, built from
+# Go modules into ${XDG_CACHE_HOME:-~/.cache}/kubectl-grpcprobe/k8s/<version>/bin; a second run is a no-op.
+k8s:
+	bash hack/k8s/build.sh
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .hypothesis
