@@ -344,11 +344,10 @@ class Measured:
     seconds: float
 
 
-def run_measured(*args: str, timeout: float = 60, env: dict[str, str] | None = None) -> Measured:
-    import json
-
-    proc = subprocess.run(
-        [sys.executable, "-c", _MEASURE, *args],
+def run_python(*argv: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """A Python child of this checkout's package, as a user's shell would start it."""
+    return subprocess.run(
+        [sys.executable, *argv],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -356,6 +355,12 @@ def run_measured(*args: str, timeout: float = 60, env: dict[str, str] | None = N
         env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
         check=False,
     )
+
+
+def run_measured(*args: str, timeout: float = 60, env: dict[str, str] | None = None) -> Measured:
+    import json
+
+    proc = run_python("-c", _MEASURE, *args, env=env, timeout=timeout)
     *err_lines, last = proc.stderr.strip().splitlines() or [""]
     stats = json.loads(last)
     return Measured(stats["code"], proc.stdout, "\n".join(err_lines), stats["rss_mib"], stats["seconds"])
