@@ -23,8 +23,6 @@ from kubectl_grpcprobe.errors import ExitCode
 from .helpers import ROOT, kubectl_binary
 from .hostile import ConnectProxy, HostileApi, Socks5Proxy, run_measured, run_python
 
-TOKEN_CANARY = "canary-token-"  # every sandbox token starts differently; we look for the real token below
-
 
 def plugin(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return run_python("-m", "kubectl_grpcprobe", *args, env=env, timeout=timeout)
