@@ -269,13 +269,17 @@ class HostileApi(_Server):
             conn.sendall(chunk)
 
 
-class ConnectProxy(_Server):
-    """An HTTP CONNECT proxy that knows `names` (name -> address) nobody else can resolve; it logs CONNECT lines."""
+class _Proxy(_Server):
+    """A proxy that knows `names` (name -> address) nobody else can resolve, and logs where it was asked to go."""
 
     def __init__(self, names: dict[str, str]) -> None:
         self.names = names
         self.connects: list[str] = []
         super().__init__()
+
+
+class ConnectProxy(_Proxy):
+    """An HTTP CONNECT proxy; it logs CONNECT lines."""
 
     def handle(self, conn: socket.socket) -> None:
         head = _read_head(conn)
@@ -291,13 +295,8 @@ class ConnectProxy(_Server):
         _pipe(conn, up)
 
 
-class Socks5Proxy(_Server):
+class Socks5Proxy(_Proxy):
     """RFC 1928, no authentication, CONNECT by domain name only (the name is resolved here, from `names`)."""
-
-    def __init__(self, names: dict[str, str]) -> None:
-        self.names = names
-        self.connects: list[str] = []
-        super().__init__()
 
     def handle(self, conn: socket.socket) -> None:
         version, n = conn.recv(2)
@@ -364,3 +363,32 @@ def run_measured(*args: str, timeout: float = 60, env: dict[str, str] | None = N
     *err_lines, last = proc.stderr.strip().splitlines() or [""]
     stats = json.loads(last)
     return Measured(stats["code"], proc.stdout, "\n".join(err_lines), stats["rss_mib"], stats["seconds"])
+
+
+class TrickleRelay(_Server):
+    """A TCP relay in front of a server that passes the server's bytes one at a time, `delay` apart: a TLS
+    handshake through it takes tens of seconds, while each single read returns quickly."""
+
+    def __init__(self, upstream_port: int, delay: float = 0.02) -> None:
+        self.upstream_port, self.delay = upstream_port, delay
+        super().__init__()
+
+    def handle(self, conn: socket.socket) -> None:
+        up = socket.create_connection(("127.0.0.1", self.upstream_port))
+        self._conns.append(up)
+
+        def upstream() -> None:
+            try:
+                while data := conn.recv(65536):
+                    up.sendall(data)
+            except OSError:
+                pass
+
+        threading.Thread(target=upstream, daemon=True).start()
+        stop_at = time.monotonic() + 30  # bounded: the relay gives up by itself
+        try:
+            while time.monotonic() < stop_at and (byte := up.recv(1)):
+                conn.sendall(byte)
+                time.sleep(self.delay)  # the misbehaviour itself
+        finally:
+            up.close()

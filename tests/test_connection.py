@@ -21,7 +21,7 @@ import yaml
 from kubectl_grpcprobe.errors import ExitCode
 
 from .helpers import ROOT, kubectl_binary
-from .hostile import ConnectProxy, HostileApi, Socks5Proxy, run_measured, run_python
+from .hostile import ConnectProxy, HostileApi, Socks5Proxy, TrickleRelay, run_measured, run_python
 
 
 def plugin(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -267,6 +267,18 @@ def test_request_timeout_bounds_a_trickled_body(tmp_path, sandbox) -> None:
     assert run.returncode == ExitCode.UNREACHABLE
     assert one_line(run.stderr) == f"error: the API server at 127.0.0.1:{api.port} did not answer within 2s (--request-timeout)"
     assert elapsed < 2 + 1.5, elapsed  # the deadline, plus interpreter start-up on a busy machine
+
+
+def test_request_timeout_bounds_a_trickled_tls_handshake(tmp_path, sandbox) -> None:
+    """Each read of the handshake returns at once; only a deadline over the whole handshake ends it."""
+    with TrickleRelay(sandbox.port) as relay:
+        doc = sandbox.kubeconfig(server=f"https://127.0.0.1:{relay.port}")
+        started = time.monotonic()
+        run = plugin("test-grpc", "--kubeconfig", write(tmp_path, doc), "--request-timeout", "1s")
+        elapsed = time.monotonic() - started
+    assert run.returncode == ExitCode.UNREACHABLE
+    assert one_line(run.stderr) == f"error: unable to connect to the server 127.0.0.1:{relay.port}: TLS handshake timeout"
+    assert elapsed < 1 + 1.5, elapsed  # the deadline, plus interpreter start-up on a busy machine
 
 
 def test_429_with_retry_after_is_retried(tmp_path, sandbox) -> None:

@@ -27,19 +27,18 @@ def _check_header_value(name: str, value: str) -> str:
     """Go's net/http refuses a header value with a control character; so do we, without printing the value."""
     if any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in value):
         raise ConfigError(
-            f'error: the {name} header from the kubeconfig contains a line break or control character '
-            f'(net/http: invalid header field value for "{name}"); check the token, tokenFile or exec plugin output'
+            f'error: the {name} header value contains a line break or control character '
+            f'(net/http: invalid header field value for "{name}"); check the token, tokenFile, exec plugin output or --as flags'
         )
     return value
 
 
-def valid_name(kind: str, name: str) -> str:
+def valid_name(what: str, name: str) -> str:
     """client-go's IsValidPathSegmentName, checked before any request as client-go's request builder does:
     `.`, `..` or a `/` or `%` would change the URL path instead of naming an object."""
     problems = [f"may not be '{name}'"] if name in (".", "..") else []
     problems += [f"may not contain '{c}'" for c in "/%" if c in name]
     if problems:
-        what = "resource name" if kind == "name" else "namespace"
         raise ConfigError(f'error: invalid {what} "{name}": [{", ".join(problems)}]')
     return name
 
@@ -158,13 +157,11 @@ class KubeClient:
             except TimeoutError:
                 self.close()
                 raise self._timeout_error() from None
-            except DeadlineExceeded:
+            except ConnectError:  # refused, over a size cap, deadline: never leave a half-read connection kept
                 self.close()
                 raise
-            except (ConnectionError, ssl.SSLError, OSError) as exc:
+            except (ssl.SSLError, OSError):
                 self.close()
-                if isinstance(exc, ConnectError):
-                    raise
                 if reused and attempt == 0:
                     continue  # a kept-alive connection the server had closed: once more, on a new TLS connection
                 raise ConnectError(f"error: the connection to the server {self.where} was lost") from None
@@ -210,7 +207,7 @@ class KubeClient:
     def get_pod(self, namespace: str, name: str) -> dict[str, Any]:
         try:
             valid_name("namespace", namespace)
-            valid_name("name", name)
+            valid_name("resource name", name)
             return self.get(f"/api/v1/namespaces/{quote(namespace, safe='')}/pods/{quote(name, safe='')}")
         except ApiError as err:
             if err.code == 404 and self._namespace_missing(namespace):

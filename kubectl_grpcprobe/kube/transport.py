@@ -8,8 +8,9 @@ reconnected in plaintext after `Connection: close`, with the bearer token).
 
 - Proxies as kubectl: the cluster's `proxy-url` (http, https, socks5), else `HTTPS_PROXY`/`HTTP_PROXY` and
   `NO_PROXY` as Go's net/http reads them (never for localhost or a loopback address).
-- A deadline covers connect, proxy negotiation, TLS handshake, request, head and body; a watchdog closes the
-  socket when it passes, so a trickling peer cannot stretch any single read.
+- A deadline covers connect, proxy negotiation, TLS handshake, request, head and body: every blocking step is
+  given the time left as its timeout (CPython's ssl counts a timeout over the whole handshake, and sendall over
+  the whole send), so a trickling peer cannot stretch the request past it.
 - Heads are capped at 64 KiB and bodies at MAX_BODY; nothing a peer sends can grow memory past that.
 """
 
@@ -20,7 +21,6 @@ import os
 import socket
 import ssl
 import struct
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,30 +49,6 @@ class Deadline:
         if left <= 0:
             raise TimeoutError("deadline passed")
         return left
-
-
-class Watchdog:
-    """Shuts a socket down when a deadline passes, so that a blocked connect, handshake or recv returns."""
-
-    def __init__(self, sock: socket.socket, deadline: Deadline) -> None:
-        self.fired = False
-        self._sock = sock
-        self._timer: threading.Timer | None = None
-        if deadline.at is not None:
-            self._timer = threading.Timer(max(0.0, deadline.at - time.monotonic()), self._fire)
-            self._timer.daemon = True
-            self._timer.start()
-
-    def _fire(self) -> None:
-        self.fired = True
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-    def cancel(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
 
 
 # -- proxies -------------------------------------------------------------------------------------
@@ -257,12 +233,15 @@ def _socks5_connect(sock: socket.socket, proxy: Proxy, host: str, port: int, dea
     if version != 5 or reply != 0:
         why = SOCKS_ERRORS.get(reply, f"unknown error {reply}")
         raise ConnectError(f"error: SOCKS5 proxy {proxy} could not connect to {host}:{port}: {why}")
-    skip = {1: 4, 4: 16}.get(atyp)
-    if skip is None:
-        skip = _recv_exact(sock, 1, deadline)[0] if atyp == 3 else 0
-        if atyp != 3:
-            raise ConnectError(f"error: SOCKS5 proxy {proxy} answered with an unknown address type {atyp}")
-    _recv_exact(sock, skip + 2, deadline)
+    if atyp == 1:
+        bound_address = 4
+    elif atyp == 4:
+        bound_address = 16
+    elif atyp == 3:
+        bound_address = _recv_exact(sock, 1, deadline)[0]
+    else:
+        raise ConnectError(f"error: SOCKS5 proxy {proxy} answered with an unknown address type {atyp}")
+    _recv_exact(sock, bound_address + 2, deadline)  # the address and port the proxy bound: not needed
 
 
 def open_connection(
@@ -282,8 +261,7 @@ def open_connection(
     """
     first_hop = (proxy.host, proxy.port) if proxy else (host, port)
     hop_where = str(proxy) if proxy else where
-    sock = _tcp(*first_hop, deadline, hop_where)
-    dog = Watchdog(sock, deadline)
+    sock = _tcp(*first_hop, deadline, hop_where)  # its timeout is the time left: it bounds the proxy steps too
     stage = "proxy"
     try:
         if proxy and proxy.scheme == "https":
@@ -307,14 +285,12 @@ def open_connection(
         raise ConnectError(f"error: unable to connect to the server {where}: tls: failed to verify certificate: {exc.verify_message}") from None
     except (OSError, ssl.SSLError) as exc:
         sock.close()
-        if dog.fired or isinstance(exc, TimeoutError):
+        if isinstance(exc, TimeoutError):
             what = "TLS handshake timeout" if stage == "tls" else f"proxy {proxy} did not answer in time"
             raise DeadlineExceeded(f"error: unable to connect to the server {where}: {what}") from None
         if stage == "tls":
             raise ConnectError(f"error: unable to connect to the server {where}: TLS handshake failed") from None
         raise ConnectError(f"error: unable to connect to the server {where}: proxy {proxy} closed the connection") from None
-    finally:
-        dog.cancel()
 
 
 # -- messages ------------------------------------------------------------------------------------
