@@ -138,7 +138,7 @@ def add_connection_flags(parser: argparse.ArgumentParser) -> None:
         type=_request_timeout,
         default=30 * 10**9,
         metavar="DURATION",
-        help="how long to wait for each API server request (e.g. 5s; 0 = no limit; default 30s)",
+        help="one deadline for each whole API server request: connect, proxy, TLS, answer, Retry-After waits (e.g. 5s; 0 = no limit; default 30s)",
     )
     group.add_argument("--as", dest="impersonate", metavar="USER", help="user to impersonate")
     group.add_argument("--as-group", dest="impersonate_groups", action="append", default=[], metavar="GROUP", help="group to impersonate (repeatable)")
