@@ -53,6 +53,10 @@ examples:
 """
 
 
+# Imported modules the plugin needs -> the distribution that provides each.
+INSTALL_HINTS = {"grpc": "grpcio", "grpc_health": "grpcio-health-checking", "yaml": "PyYAML", "google": "protobuf"}
+
+
 class _Exit(Exception):
     def __init__(self, code: int) -> None:
         self.code = code
@@ -306,10 +310,10 @@ def run(argv: Sequence[str], env: Environment) -> int:
 
 
 def pod_name(text: str) -> str:
-    if "/" not in text:
-        return text
-    kind, _, name = text.partition("/")
-    if kind not in ("pod", "pods", "po") or not name:
+    from .commands.fleet import POD_WORDS, parse_target
+
+    kind, name = parse_target(text)
+    if kind not in POD_WORDS:
         raise UsageError(f"error: {text!r} is not a pod (use NAME or pod/NAME)")
     return name
 
@@ -387,8 +391,9 @@ def probe_command(args: argparse.Namespace, env: Environment) -> int:
         reports = probe_pod(client, client.cfg.namespace, pod, probe_options(args))
     finally:
         client.close()
-    render(reports, fmt, env)
-    return int(most_severe([r.exit_code for r in reports]))
+    code = most_severe([r.exit_code for r in reports])
+    render(reports, fmt, env, exit_code=code)
+    return int(code)
 
 
 def fleet_command(args: argparse.Namespace, env: Environment, fmt: str) -> int:
@@ -412,7 +417,7 @@ def fleet_command(args: argparse.Namespace, env: Environment, fmt: str) -> int:
             raise UsageError(f"error: no pods found in {where}")
         agent = options.user_agent or user_agent_for(client)
         with Progress(env, len(pods), enabled=fmt != "quiet") as progress:
-            reports, more = probe_fleet(
+            run = probe_fleet(
                 client,
                 pods,
                 options,
@@ -423,12 +428,18 @@ def fleet_command(args: argparse.Namespace, env: Environment, fmt: str) -> int:
             )
     finally:
         client.close()
-    outcomes += more
-    render_fleet(reports, outcomes, fmt, env)
-    codes = [r.exit_code for r in reports] + [o.exit_code for o in outcomes if not o.skipped]
-    if not reports and all(o.skipped for o in outcomes):
-        return int(ExitCode.USAGE)  # nothing had a gRPC probe
-    return int(most_severe(codes))
+    outcomes += run.outcomes
+    codes = [r.exit_code for r in run.reports] + [o.exit_code for o in outcomes if not o.skipped]
+    if run.stopped_by is not None:
+        code = ExitCode.TERMINATED if isinstance(run.stopped_by, Terminated) else ExitCode.INTERRUPTED
+    elif not run.reports and all(o.skipped for o in outcomes):
+        code = ExitCode.USAGE  # nothing had a gRPC probe
+    else:
+        code = most_severe(codes)
+    render_fleet(run.reports, outcomes, fmt, env, exit_code=code, stopped=run.stopped)
+    if run.stopped_by is not None:
+        env.stderr.write(f"error: {run.stopped}\n")  # the partial table is the result: no Error document on top
+    return int(code)
 
 
 def toggle_command(args: argparse.Namespace, env: Environment) -> int:
@@ -449,12 +460,15 @@ def toggle_command(args: argparse.Namespace, env: Environment) -> int:
         toggled_at = time.monotonic()
         answer = call_control_endpoint(client, namespace, pod, args.control_port, path, client.timeout or 30.0)
         reports = probe_pod(client, namespace, pod, probe_options(args))
-        render_toggle(pod, args.control_port, answer, fmt, env)
-        render(reports, fmt, env)
         wanted = Outcome.HEALTHY if args.serving else Outcome.UNHEALTHY
+        code = ExitCode.OK
         if not all(r.result.outcome is wanted for r in reports):
             worst = most_severe([r.exit_code for r in reports])
-            return int(worst if worst in (ExitCode.UNREACHABLE, ExitCode.RPC_FAILED) else ExitCode.UNHEALTHY)
+            code = worst if worst in (ExitCode.UNREACHABLE, ExitCode.RPC_FAILED) else ExitCode.UNHEALTHY
+        render_toggle(pod, args.control_port, answer, fmt, env)
+        render(reports, fmt, env, exit_code=code)
+        if code is not ExitCode.OK:
+            return int(code)
         if args.wait:
             kinds = {r.target.kind for r in reports}
             readiness = "readiness" in kinds
@@ -485,24 +499,40 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
     # grpc's C core logs transport chatter (GOAWAY, reconnects) to stderr at INFO; the verdict
     # already says what matters. A user can still ask for more with GRPC_VERBOSITY.
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    from . import stop
+
     env = env or Environment()
     argv = list(sys.argv[1:] if argv is None else argv)
+    from .render.output import render_error
+
+    as_json = wants_json(argv)
     previous = _catch_sigterm()
     try:
-        code = run(argv, env)
+        with stop.scope():  # whatever the run starts, in any thread, ends with it
+            code = run(argv, env)
         env.stdout.flush()  # here, not at interpreter exit, so that a closed pipe is seen and answered below
         return code
     except Terminated:
-        env.stderr.write("error: terminated\n")
+        render_error(env, "error: terminated", ExitCode.TERMINATED, as_json=as_json)
         return int(ExitCode.TERMINATED)
     except _Exit as exc:
         return exc.code
     except GrpcProbeError as exc:
-        env.stderr.write(str(exc).rstrip("\n") + "\n")
+        render_error(env, str(exc), exc.exit_code, as_json=as_json, usage=isinstance(exc, UsageError))
         return int(exc.exit_code)
     except KeyboardInterrupt:
-        env.stderr.write("error: interrupted\n")
+        render_error(env, "error: interrupted", ExitCode.INTERRUPTED, as_json=as_json)
         return int(ExitCode.INTERRUPTED)
+    except ModuleNotFoundError as exc:
+        if not exc.name or exc.name.split(".")[0] not in INSTALL_HINTS:
+            raise  # not a dependency: a bug, and a traceback is the honest report
+        package = INSTALL_HINTS[exc.name.split(".")[0]]
+        message = (
+            f"error: the Python package {package} is missing from {sys.executable}; install the plugin with krew or "
+            f"`pipx install kubectl-grpcprobe`, or run `python3 -m pip install kubectl-grpcprobe`"
+        )
+        render_error(env, message, ExitCode.USAGE, as_json=as_json)
+        return int(ExitCode.USAGE)
     except BrokenPipeError:
         # kubectl dies of SIGPIPE here (141); so do we, whatever the verdict was: the reader is gone, and a
         # pipeline with pipefail must not read success from a result nobody saw.
@@ -513,6 +543,19 @@ def main(argv: Sequence[str] | None = None, env: Environment | None = None) -> i
             import signal
 
             signal.signal(signal.SIGTERM, previous)
+
+
+def wants_json(argv: Sequence[str]) -> bool:
+    """Whether -o json was asked for, read before parsing: a parse error is reported in the format asked for too."""
+    for i, token in enumerate(argv):
+        if token == "--":
+            break
+        if token in ("-o", "--output") and i + 1 < len(argv):
+            if argv[i + 1] == "json":
+                return True
+        elif token in ("-ojson", "--output=json", "-o=json"):
+            return True
+    return False
 
 
 def _silence_stdout(env: Environment) -> None:
@@ -529,6 +572,7 @@ def _silence_stdout(env: Environment) -> None:
 
 
 def _catch_sigterm():  # -> the previous handler, or None when not in the main thread
+    """SIGTERM raises Terminated in the main thread, as SIGINT raises KeyboardInterrupt, so both unwind the same way."""
     import signal
     import threading
 

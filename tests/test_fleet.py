@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import subprocess
+import time
 
 import pytest
 from grpc_health.v1 import health_pb2
@@ -77,7 +78,7 @@ def test_selector_table_and_summary(fleet) -> None:
     assert lines[0].split() == ["NAMESPACE", "POD", "CONTAINER", "PROBE", "RESULT", "RPC", "OUTPUT"]
     pods = [line.split()[1] for line in lines[1:-1]]
     assert pods == sorted(pods) and len(pods) == 5
-    assert lines[-1] == "5 probes: 3 healthy, 2 unhealthy, 0 unreachable"
+    assert lines[-1] == "5 probes: 3 healthy, 2 unhealthy, 0 rpc failed, 0 unreachable"
 
 
 def test_all_namespaces_and_field_selector(fleet) -> None:
@@ -85,7 +86,9 @@ def test_all_namespaces_and_field_selector(fleet) -> None:
     doc = json.loads(run.out)
     assert {p["namespace"] for p in doc["probes"]} == {"default", "team-b"}
     # web 3 + agent 1 + batch 1 SERVING; db 2 + legacy 1 NOT_SERVING; test-grpc (agnhost) SERVING.
-    assert doc["summary"] == {"probes": 9, "healthy": 6, "unhealthy": 3, "unreachable": 0, "podsNotProbed": 0, "podsWithoutGrpcProbe": 0}
+    assert doc["summary"] == {
+        "probes": 9, "healthy": 6, "unhealthy": 3, "rpcFailed": 0, "unreachable": 0, "podsNotProbed": 0, "podsWithoutGrpcProbe": 0, "stopped": None,
+    }
     assert doc["exitCode"] == ExitCode.UNHEALTHY
     fleet.set_phase("db-0", "Failed")
     run = grpcprobe(fleet, "--field-selector", "status.phase=Running", "-l", "app=db", "-o", "json")
@@ -112,22 +115,42 @@ def test_exact_counts_with_a_known_fleet(sandbox_no_kubelet) -> None:
         sb.apply(pod_manifest("nogrpc", [container("c")], labels={"app": "fleet"}))
         run = grpcprobe(sb, "-l", "app=fleet", "--parallel", "4")
     assert run.code == ExitCode.UNHEALTHY
-    assert run.out.splitlines()[-1] == "10 probes: 5 healthy, 5 unhealthy, 0 unreachable; 1 pods without a gRPC probe"
+    assert run.out.splitlines()[-1] == "10 probes: 5 healthy, 5 unhealthy, 0 rpc failed, 0 unreachable; 1 pod without a gRPC probe"
 
 
-def test_overall_deadline_reports_pods_not_reached(sandbox_no_kubelet, leak_check) -> None:
+def test_overall_deadline_bounds_checks_in_flight(sandbox_no_kubelet, leak_check) -> None:
+    """--deadline is the whole run's limit: a check in flight is cut, not waited for (--timeout 8s here)."""
     sb = sandbox_no_kubelet
     with hanging_health_server() as (port, _):
         sb.apply(workload("StatefulSet", "slow", port, replicas=3))
-        run = grpcprobe(sb, "sts/slow", "--parallel", "1", "--deadline", "300ms", "--timeout", "1s", "-o", "json")
+        started = time.monotonic()
+        run = grpcprobe(sb, "sts/slow", "--parallel", "1", "--deadline", "300ms", "--timeout", "8s", "-o", "json")
+        elapsed = time.monotonic() - started
     doc = json.loads(run.out)
-    assert [p["pod"] for p in doc["probes"]] == ["slow-0"]  # the one running when the deadline passed finishes
-    assert doc["probes"][0]["output"] == "timeout: health rpc did not complete within 1s"
-    assert [(p["pod"], p["message"]) for p in doc["pods"]] == [
-        ("slow-1", "error: not probed: the overall --deadline (0.3s) passed"),
-        ("slow-2", "error: not probed: the overall --deadline (0.3s) passed"),
-    ]
-    assert run.code == ExitCode.UNREACHABLE
+    assert doc["probes"] == []  # nothing finished: no verdict is invented
+    why = "error: deadline exceeded: the overall --deadline (0.3s) passed before this pod was done"
+    assert [(p["pod"], p["message"]) for p in doc["pods"]] == [("slow-0", why), ("slow-1", why), ("slow-2", why)]
+    assert doc["summary"]["stopped"] == "deadline exceeded" and doc["exitCode"] == run.code == ExitCode.UNREACHABLE
+    assert elapsed < 2.0, elapsed  # 300 ms, the API calls and at most 0.5 s for workers to unwind; not 8 s
+
+
+def test_deadline_smaller_than_the_api_calls_probes_nothing(fleet) -> None:
+    run = grpcprobe(fleet, "-A", "--deadline", "1ms", "-o", "json")
+    doc = json.loads(run.out)
+    assert doc["probes"] == [] and doc["summary"]["stopped"] == "deadline exceeded"
+    assert all(p["message"].startswith("error: deadline exceeded") for p in doc["pods"] if not p["skipped"])
+
+
+def test_pods_without_a_grpc_probe_are_never_cut_by_the_deadline(sandbox_no_kubelet) -> None:
+    sb = sandbox_no_kubelet
+    with hanging_health_server() as (port, _):
+        sb.apply(workload("StatefulSet", "slow", port, replicas=1))
+        sb.apply(pod_manifest("nogrpc", [container("c")], labels={"app": "slow"}))
+        run = grpcprobe(sb, "-l", "app=slow", "--parallel", "1", "--deadline", "300ms", "-o", "json")
+    doc = json.loads(run.out)
+    pods = {p["pod"]: p for p in doc["pods"]}
+    assert pods["nogrpc"]["skipped"] and pods["nogrpc"]["exitCode"] == 0
+    assert doc["summary"]["podsWithoutGrpcProbe"] == 1
 
 
 def test_progress_only_on_a_terminal(fleet) -> None:
@@ -182,4 +205,4 @@ def test_agnhost_workload(sandbox) -> None:
     tmpl = {"metadata": {"labels": {"app": "ag"}}, "spec": {"containers": [agnhost_container(readinessProbe={"grpc": {"port": 5000}})]}}
     sandbox.apply({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "ag"}, "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "ag"}}, "template": tmpl}})
     run = grpcprobe(sandbox, "deploy/ag")
-    assert run.code == ExitCode.OK and run.out.splitlines()[-1] == "2 probes: 2 healthy, 0 unhealthy, 0 unreachable"
+    assert run.code == ExitCode.OK and run.out.splitlines()[-1] == "2 probes: 2 healthy, 0 unhealthy, 0 rpc failed, 0 unreachable"

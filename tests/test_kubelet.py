@@ -224,7 +224,7 @@ def test_watch_applies_failure_threshold(sandbox_no_kubelet) -> None:
     docs = [json.loads(line) for line in run.out.splitlines()]
     assert [d["type"] for d in docs] == ["execution"] * 4 + ["summary"]
     # Readiness starts at Failure, so 3 more failures change nothing the kubelet would show.
-    assert docs[-1]["probes"][0] == {"container": "agnhost", "probe": "readiness", "executions": 4, "failures": 4, "rpcLatencyMs": docs[-1]["probes"][0]["rpcLatencyMs"]}
+    assert docs[-1]["probes"][0] == {"container": "agnhost", "probe": "readiness", "executions": 4, "failures": 4, "skipped": 0, "rpcLatencyMs": docs[-1]["probes"][0]["rpcLatencyMs"]}
 
 
 def test_watch_liveness_decision(sandbox_no_kubelet) -> None:

@@ -140,8 +140,10 @@ def test_stalled_api_server_honours_request_timeout(sandbox, leak_check) -> None
     sandbox.faults.stall_api = 30
     run = grpcprobe(sandbox, "test-grpc", "--request-timeout", "300ms", "-o", "json")
     assert run.code == ExitCode.UNREACHABLE
-    assert one_line(run.err) == f"error: the API server at 127.0.0.1:{sandbox.port} did not answer within 300ms (--request-timeout)"
-    assert run.out == ""
+    message = f"the API server at 127.0.0.1:{sandbox.port} did not answer within 300ms (--request-timeout)"
+    assert one_line(run.err) == f"error: {message}"
+    # -o json: the error is a document on stdout too, and its exit code is the process's.
+    assert json.loads(run.out) == {"apiVersion": "kubectl-grpcprobe/v1", "kind": "Error", "exitCode": 2, "message": message}
 
 
 def test_stalled_portforward_upgrade_honours_request_timeout(sandbox, leak_check) -> None:

@@ -7,14 +7,17 @@ run. Every pod ends as reports or as a PodOutcome saying why it was not probed.
 
 from __future__ import annotations
 
+import queue
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from .. import stop
 from ..errors import ExitCode, GrpcProbeError, NothingToProbe, Terminated, UsageError
 from ..kube.client import KubeClient
 from ..kubelet.report import PodOutcome, Report
+from ..kubelet.resolve import Target
 from .runner import ProbeOptions, ensure_running, probe_targets, resolve_for
 
 # kubectl's names for the workload kinds -> (API path prefix, resource)
@@ -27,6 +30,25 @@ WORKLOADS = {
     **dict.fromkeys(("svc", "service", "services"), ("/api/v1", "services")),
 }
 POD_WORDS = ("pod", "pods", "po")
+
+
+def parse_target(text: str) -> tuple[str, str]:
+    """NAME or TYPE/NAME, in every form `kubectl get -o name` prints (deployment.apps/web, job.batch/x,
+    service/web, pod/x), as (type word, name); kubectl's own messages for the malformed ones."""
+    if "/" not in text:
+        if not text:
+            raise UsageError("error: resource name may not be empty")
+        return "pod", text
+    kind, _, name = text.partition("/")
+    if not kind or not name or "/" in name:
+        raise UsageError("error: arguments in resource/name form must have a single resource and name")
+    word, _, group = kind.lower().partition(".")
+    if word not in POD_WORDS and word not in WORKLOADS:
+        raise UsageError(f"error: {text!r}: unsupported type {kind!r} (use pod, deploy, rs, sts, ds, job or svc)")
+    expected = "" if word in POD_WORDS or WORKLOADS[word][0] == "/api/v1" else WORKLOADS[word][0].split("/")[2]
+    if group and group not in ((expected, f"v1.{expected}") if expected else ("v1",)):
+        raise UsageError(f"error: {text!r}: the type {kind!r} is not in the API group {expected or 'core'!r}")
+    return word, name
 
 
 
@@ -49,8 +71,7 @@ def selector_string(selector: dict[str, Any]) -> str:
 def is_fleet(targets: list[str], selector: str | None, field_selector: str | None, all_namespaces: bool) -> bool:
     if selector or field_selector or all_namespaces or len(targets) != 1:
         return True
-    kind = targets[0].partition("/")[0] if "/" in targets[0] else "pod"
-    return kind not in POD_WORDS
+    return parse_target(targets[0])[0] not in POD_WORDS
 
 
 def select_pods(
@@ -71,10 +92,7 @@ def select_pods(
     pods: dict[tuple[str, str], dict[str, Any]] = {}
     missing: list[PodOutcome] = []
     for target in targets:
-        kind, _, name = target.rpartition("/")
-        kind = kind.lower() or "pod"
-        if not name:
-            raise UsageError(f"error: {target!r}: missing a name after the type")
+        kind, name = parse_target(target)
         if kind in POD_WORDS:
             try:
                 pod = client.get_pod(namespace, name)
@@ -83,8 +101,6 @@ def select_pods(
                 continue
             pods[(namespace, name)] = pod
             continue
-        if kind not in WORKLOADS:
-            raise UsageError(f"error: {target!r}: unsupported type {kind!r} (use pod, deploy, rs, sts, ds, job or svc)")
         prefix, resource = WORKLOADS[kind]
         obj = client.get(f"{prefix}/namespaces/{quote(namespace, safe='')}/{resource}/{quote(name, safe='')}")
         raw = (obj.get("spec") or {}).get("selector")
@@ -114,6 +130,14 @@ def _list(client: KubeClient, namespace: str | None, selector: str | None, field
     return client.get(path, query).get("items") or []
 
 
+@dataclass
+class FleetRun:
+    reports: list[Report]
+    outcomes: list[PodOutcome]
+    stopped: str | None = None  # stop.INTERRUPTED, TERMINATED or DEADLINE when the run did not finish
+    stopped_by: BaseException | None = None  # the signal's exception, re-raised once the partial result is shown
+
+
 def probe_fleet(
     client: KubeClient,
     pods: list[dict[str, Any]],
@@ -123,56 +147,102 @@ def probe_fleet(
     parallel: int,
     deadline_s: float | None,
     progress: Any = None,
-) -> tuple[list[Report], list[PodOutcome]]:
-    """Probe every pod with at most `parallel` at once; pods not started by the deadline are reported as such."""
+) -> FleetRun:
+    """Probe every pod with at most `parallel` at once, until all are done, the deadline passes, or a signal.
+
+    The deadline bounds everything, tunnels and checks in flight included: when it passes, or on
+    Ctrl-C/SIGTERM, the run's scope is stopped (sockets shut, channels closed) and the pods that did
+    not finish are reported as such. Workers are daemon threads: none can hold the process open.
+    """
     started = time.monotonic()
     end = started + deadline_s if deadline_s else None
-    reports: list[Report] = []
-    outcomes: list[PodOutcome] = []
-
-    def one(pod: dict[str, Any]) -> tuple[list[Report], list[PodOutcome]]:
+    run = FleetRun([], [])
+    queue_in: queue.Queue[dict[str, Any]] = queue.Queue()
+    results: queue.Queue[tuple[tuple[str, str], Any, float]] = queue.Queue()
+    waiting: dict[tuple[str, str], tuple[dict[str, Any], list[Target]]] = {}
+    for pod in pods:
         meta = pod["metadata"]
-        try:
+        try:  # a pod without a gRPC probe is known at once: it never waits for a worker
             targets = resolve_for(pod, options)
         except NothingToProbe as exc:
-            return [], [PodOutcome(meta["namespace"], meta["name"], str(exc).removeprefix("error: "), ExitCode.OK, skipped=True)]
+            run.outcomes.append(PodOutcome(meta["namespace"], meta["name"], str(exc).removeprefix("error: "), ExitCode.OK, skipped=True))
+            continue
+        waiting[(meta["namespace"], meta["name"])] = (pod, targets)
+        queue_in.put(pod)
+
+    def one(pod: dict[str, Any], targets: list[Target]) -> tuple[list[Report], list[PodOutcome]]:
+        meta = pod["metadata"]
         try:
             ensure_running(pod)
-            remaining = None if end is None else max(0.1, end - time.monotonic())
+            remaining = None if end is None else max(0.001, end - time.monotonic())
             timeout = min(client.timeout or 30.0, remaining) if remaining else None
             return probe_targets(client, pod, targets, agent, api_ms=0.0, tunnel_timeout=timeout), []
         except GrpcProbeError as exc:
+            stop.check()  # a shut socket is not the pod's failure
             return [], [PodOutcome(meta["namespace"], meta["name"], str(exc), exc.exit_code)]
 
-    done_count = 0
-    with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="grpcprobe-fleet") as pool:
-        futures: dict[Future[Any], dict[str, Any]] = {pool.submit(one, pod): pod for pod in pods}
-        pending = set(futures)
+    def worker() -> None:
+        while stop.requested() is None:
+            try:
+                pod = queue_in.get_nowait()
+            except queue.Empty:
+                return
+            key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
+            try:
+                got: Any = one(pod, waiting[key][1])
+            except stop.Stopped:
+                return
+            except BaseException as exc:  # a bug: shown as the pod's error, never a hang
+                got = exc
+            results.put((key, got, time.monotonic()))
+
+    probed = len(waiting)
+    with stop.scope() as own:
+        threads = [stop.spawn(worker, name=f"grpcprobe-fleet-{i}") for i in range(min(max(1, parallel), len(waiting)))]
         try:
-            while pending:
-                timeout = None if end is None else max(0.0, end - time.monotonic())
-                done, pending = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
-                for future in done:
-                    got_reports, got_outcomes = future.result()
-                    reports += got_reports
-                    outcomes += got_outcomes
-                    done_count += 1
-                    if progress:
-                        progress(done_count, len(pods))
-                if end is not None and time.monotonic() >= end and pending:
-                    for future in pending:
-                        if future.cancel():
-                            meta = futures[future]["metadata"]
-                            outcomes.append(
-                                PodOutcome(meta["namespace"], meta["name"], f"error: not probed: the overall --deadline ({deadline_s:g}s) passed", ExitCode.UNREACHABLE)
-                            )
-                    # Running ones finish within their own timeouts, which the deadline already capped.
-                    for future in wait([f for f in pending if not f.cancelled()])[0]:
-                        got_reports, got_outcomes = future.result()
-                        reports += got_reports
-                        outcomes += got_outcomes
-                    pending = set()
-        except (KeyboardInterrupt, Terminated):
-            pool.shutdown(wait=True, cancel_futures=True)  # queued pods are dropped, running ones end within their timeouts
-            raise
-    return reports, outcomes
+            while waiting:
+                timeout = None if end is None else end - time.monotonic()
+                if timeout is not None and timeout <= 0:
+                    run.stopped = stop.DEADLINE
+                    break
+                try:  # in slices: a signal is acted on only when the main thread's wait returns
+                    key, got, finished = results.get(timeout=stop.WAIT_SLICE if timeout is None else min(timeout, stop.WAIT_SLICE))
+                except queue.Empty:
+                    continue
+                if end is not None and finished > end:  # done, but after the deadline: not a result
+                    run.stopped = stop.DEADLINE
+                    break
+                waiting.pop(key)
+                if isinstance(got, BaseException):
+                    run.outcomes.append(PodOutcome(key[0], key[1], f"error: {got!r}", ExitCode.UNREACHABLE))
+                else:
+                    run.reports += got[0]
+                    run.outcomes += got[1]
+                if progress:
+                    progress(probed - len(waiting), probed)
+        except (KeyboardInterrupt, Terminated) as exc:
+            run.stopped, run.stopped_by = stop.reason_for(exc), exc
+        if run.stopped:
+            stopped_at = end if run.stopped == stop.DEADLINE else time.monotonic()
+            while True:  # what finished before the stop counts; anything later was cut short by it
+                try:
+                    key, got, finished = results.get_nowait()
+                except queue.Empty:
+                    break
+                if stopped_at is not None and finished > stopped_at:
+                    continue
+                waiting.pop(key, None)
+                if not isinstance(got, BaseException):
+                    run.reports += got[0]
+                    run.outcomes += got[1]
+            own.stop(run.stopped)
+            grace_end = time.monotonic() + 0.5
+            for thread in threads:  # the stop's closers make this quick; bounded all the same
+                thread.join(max(0.0, grace_end - time.monotonic()))
+            if run.stopped == stop.DEADLINE:
+                why = f"deadline exceeded: the overall --deadline ({deadline_s:g}s) passed before this pod was done"
+            else:
+                why = f"{run.stopped}: the run was stopped before this pod was done"
+            for namespace, name in waiting:
+                run.outcomes.append(PodOutcome(namespace, name, f"error: {why}", ExitCode.UNREACHABLE))
+    return run

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from .. import stop
 from ..errors import PodNotRunning
 from ..kube.client import KubeClient
 from ..kubelet import gostr
@@ -91,42 +92,70 @@ def probe_targets(
     for port, group in by_port.items():
         with port_forward(client, namespace, name, port, timeout=tunnel_timeout or client.timeout or 30.0) as fwd:
             for target in group:
-                t0 = time.perf_counter()
-                result, notes = execute(fwd, target, ip, agent)
-                report = Report(namespace, name, ip, target, result, diagnostics=terminating + notes)
-                report.timings = {"api": api_ms, "tunnel": fwd.setup_ms, "total": (time.perf_counter() - t0) * 1000}
-                if result.connect_ms is not None:
-                    report.timings["connect"] = result.connect_ms
-                if result.rpc_ms is not None:
-                    report.timings["rpc"] = result.rpc_ms
-                reports.append(report)
+                reports.append(run_target(fwd, namespace, name, ip, target, agent, api_ms=api_ms, notes=terminating))
     return reports
+
+
+def run_target(fwd: Any, namespace: str, name: str, ip: str, target: Target, agent: str, *, api_ms: float | None, notes: list[str]) -> Report:
+    """One execution through an open forward, as a Report with its timings (ms)."""
+    t0 = time.perf_counter()
+    result, diagnostics = execute(fwd, target, ip, agent)
+    total_ms = (time.perf_counter() - t0) * 1000
+    if result.outcome is Outcome.UNREACHABLE and not diagnostics:
+        diagnostics.append(_why_unreachable(fwd.local_port, target))  # after the clock: a look, not the check
+    report = Report(namespace, name, ip, target, result, diagnostics=notes + diagnostics)
+    if api_ms is not None:
+        report.timings["api"] = api_ms
+    report.timings.update(tunnel=fwd.setup_ms, total=total_ms)
+    if result.connect_ms is not None:
+        report.timings["connect"] = result.connect_ms
+    if result.rpc_ms is not None:
+        report.timings["rpc"] = result.rpc_ms
+    return report
 
 
 def execute(fwd: Any, target: Target, ip: str, agent: str) -> tuple[ProbeResult, list[str]]:
     """One execution of a target through an open forward: the verdict and the diagnostics behind it."""
     errors_before = len(fwd.errors)
     address = gostr.join_host_port(ip, target.port)
+
+    def run_check(port: int) -> ProbeResult:
+        return stop.off_main_thread(
+            lambda: check(f"127.0.0.1:{port}", service=target.service, timeout_ns=target.timeout_ns, user_agent=agent, address=address),
+            name="grpcprobe-check",
+        )
+
     if target.tls:
         from ..wire.tlsproxy import tls_terminator
 
         with tls_terminator(fwd.local_port, target.timeout_ns / 1e9) as tls:
-            result = check(f"127.0.0.1:{tls.port}", service=target.service, timeout_ns=target.timeout_ns, user_agent=agent, address=address)
+            result = run_check(tls.port)
             extra = [f"grpc.mode TLS: {e}" for e in dict.fromkeys(tls.handshake_errors)]
     else:
-        result = check(f"127.0.0.1:{fwd.local_port}", service=target.service, timeout_ns=target.timeout_ns, user_agent=agent, address=address)
+        result = run_check(fwd.local_port)
         extra = []
     notes = [f"port-forward: {text}" for text in dict.fromkeys(fwd.errors[errors_before:])] + extra
     if fwd.dropped and not result.success:
         notes.append("port-forward: the tunnel through the API server was dropped")
-    if result.outcome is Outcome.UNREACHABLE and not notes:
-        from ..wire.tlsproxy import speaks_tls
-
-        # A short look: a TLS server through the tunnel answers a handshake in milliseconds.
-        if not target.tls and speaks_tls(fwd.local_port, 0.25):
-            notes.append(
-                "hint: the server wants TLS; the kubelet probes in plaintext unless the probe sets grpc.mode: TLS (Kubernetes 1.37+)"
-            )
-        else:
-            notes.append("port-forward: the connection was forwarded but no gRPC (HTTP/2) server answered on it")
     return result, notes
+
+
+def _why_unreachable(local_port: int, target: Target) -> str:
+    """A second, longer look at a port the check could not connect to: too slow, TLS, or no gRPC at all."""
+    from ..wire.tlsproxy import http2_answer_ms, speaks_tls
+
+    if not target.tls:
+        # Only a short timeout can be too short for a live server: under 1 s, look for its HTTP/2 answer for 1 s.
+        answered = None
+        if target.timeout_ns < 10**9:
+            answered = stop.off_main_thread(lambda: http2_answer_ms(local_port, 1.0), name="grpcprobe-look")
+        if answered is not None:
+            return (
+                f"hint: a gRPC (HTTP/2) server does answer on this port, in {answered:.1f}ms through the port-forward, "
+                f"which is longer than the probe's timeout ({gostr.duration(target.timeout_ns)}); the kubelet dials the pod "
+                "directly and may connect in time"
+            )
+        # A short look: a TLS server through the tunnel answers a handshake in milliseconds.
+        if speaks_tls(local_port, 0.25):
+            return "hint: the server wants TLS; the kubelet probes in plaintext unless the probe sets grpc.mode: TLS (Kubernetes 1.37+)"
+    return "port-forward: the connection was forwarded but no gRPC (HTTP/2) server answered on it"

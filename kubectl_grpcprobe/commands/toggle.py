@@ -22,7 +22,8 @@ def call_control_endpoint(client: KubeClient, namespace: str, pod: str, port: in
     try:
         answer = http_get(client, namespace, pod, port, path, timeout=timeout)
     except TunnelError as exc:
-        raise TunnelError(f"error: cannot reach the control port {port} of pod {pod}: {exc}") from None
+        hint = "; --control-port is the server's HTTP control port (agnhost's: 8080)" if "HTTP/1.1" in str(exc) else ""
+        raise TunnelError(f"error: cannot reach the control port {port} of pod {pod}: {exc}{hint}") from None
     if answer.status == 404:
         raise UsageError(
             f"error: pod {pod} answered {path} on port {port} with 404 Not Found ({answer.body or 'no body'}); "

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
+from .. import stop
 from ..errors import ApiError, TunnelError
 from ..wire import wsframe
 from ..wire.sockio import has_pending
@@ -97,7 +98,7 @@ class _Bridge:
         self._stop = threading.Event()
         self._spare: tuple[socket.socket, str, bytes] | None = None
         self._pairs: list[_Pair] = []
-        self._thread = threading.Thread(target=self._run, name=f"grpcprobe-portforward-{port}", daemon=True)
+        self._thread = stop.thread(self._run, name=f"grpcprobe-portforward-{port}")
 
     def open_websocket(self) -> tuple[socket.socket, str, bytes]:
         return self.client.upgrade_websocket(self.path, [("ports", self.port)], PROTOCOLS, self.timeout)
@@ -327,7 +328,14 @@ def http_get(client: KubeClient, namespace: str, pod: str, port: int, path: str,
             response = conn.getresponse()
             body = response.read(64 * 1024).decode("utf-8", "replace").strip()
         except (OSError, http.client.HTTPException) as exc:
-            raise TunnelError(fwd.errors[-1] if fwd.errors else f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
+            if fwd.errors:
+                raise TunnelError(fwd.errors[-1]) from None
+            if isinstance(exc, http.client.BadStatusLine):
+                first = str(exc.args[0] if exc.args else "")
+                if len(first) >= 4 and first[3] == "\x04" and first.startswith("\x00"):  # an HTTP/2 SETTINGS frame
+                    raise TunnelError("it answered in HTTP/2 (a gRPC port?), not HTTP/1.1") from None
+                raise TunnelError("it did not answer in HTTP/1.1") from None
+            raise TunnelError(f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
         finally:
             conn.close()
     return HttpAnswer(path, response.status, response.reason, body, (time.perf_counter() - started) * 1000)

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
+from .. import stop
 from ..errors import ConnectError
 
 MAX_HEAD = 64 * 1024
@@ -166,7 +167,7 @@ def _tcp(host: str, port: int, deadline: Deadline, where: str) -> socket.socket:
     except OSError as exc:
         raise ConnectError(f"error: unable to connect to the server {where}: {exc.strerror or exc}") from None
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
+    return stop.track_socket(sock)  # a stop (Ctrl-C, a fleet's deadline) shuts it under any thread blocked on it
 
 
 def _http_connect(sock: socket.socket, proxy: Proxy, host: str, port: int, deadline: Deadline) -> None:
@@ -266,7 +267,7 @@ def open_connection(
     try:
         if proxy and proxy.scheme == "https":
             # TLS to the proxy itself, verified against the system roots (as Go does), then CONNECT inside it.
-            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=proxy.host)
+            sock = stop.track_socket(ssl.create_default_context().wrap_socket(sock, server_hostname=proxy.host))
         if proxy and proxy.scheme == "socks5":
             _socks5_connect(sock, proxy, host, port, deadline)
         elif proxy:
@@ -276,7 +277,7 @@ def open_connection(
             sock.settimeout(deadline.remaining())
             sock = tls.wrap_socket(sock, server_hostname=server_name)
         sock.settimeout(None)
-        return sock
+        return stop.track_socket(sock)
     except ConnectError:
         sock.close()
         raise

@@ -7,10 +7,12 @@ Every outcome is a ProbeResult; nothing here raises for a health outcome.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from enum import Enum
 
+from .. import stop
 from ..errors import ExitCode
 from . import gostr
 
@@ -43,6 +45,7 @@ class ProbeResult:
     code: str | None = None  # Go name of the gRPC status code when the RPC failed
     connect_ms: float | None = None
     rpc_ms: float | None = None
+    elapsed_ms: float | None = None  # the whole check, dial and RPC: what the probe's deadline bounds
 
     @property
     def success(self) -> bool:
@@ -153,46 +156,57 @@ def check(
     started = time.perf_counter()
     channel = grpc.insecure_channel(target, options=options)
     try:
-        if not _wait_until_ready(channel, deadline):
-            return ProbeResult(
-                Outcome.UNREACHABLE,
-                f"timeout: failed to connect service {gostr.quote(address)} within {timeout}: context deadline exceeded",
-            )
-        connected = time.perf_counter()
-        connect_ms = (connected - started) * 1000
-        rpc = channel.unary_unary(CHECK_METHOD, request_serializer=encode_request, response_deserializer=decode_response)
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:  # the dial used the whole deadline: the RPC cannot start in time
-            return ProbeResult(
-                Outcome.RPC_FAILED, f"timeout: health rpc did not complete within {timeout}", code="DeadlineExceeded", connect_ms=connect_ms
-            )
-        try:
-            value = rpc(service, timeout=remaining, metadata=())
-        except grpc.RpcError as err:
-            rpc_ms = (time.perf_counter() - connected) * 1000
-            code = err.code()
-            details = err.details() or ""
-            name = gostr.grpc_code_name(code.value[0])
-            if code is grpc.StatusCode.UNIMPLEMENTED:
-                output = f"error: this server does not implement the grpc health protocol (grpc.health.v1.Health): {details}"
-            elif code is grpc.StatusCode.DEADLINE_EXCEEDED:
-                output = f"timeout: health rpc did not complete within {timeout}"
-            else:
-                output = f"error: health rpc probe failed: rpc error: code = {name} desc = {details}"
-            return ProbeResult(Outcome.RPC_FAILED, output, code=name, connect_ms=connect_ms, rpc_ms=rpc_ms)
-        rpc_ms = (time.perf_counter() - connected) * 1000
-        status = status_name(value)
-        if status != "SERVING":
-            return ProbeResult(
-                Outcome.UNHEALTHY,
-                f"service unhealthy (responded with {gostr.quote(status)})",
-                status=status,
-                connect_ms=connect_ms,
-                rpc_ms=rpc_ms,
-            )
-        return ProbeResult(Outcome.HEALTHY, "service healthy", status=status, connect_ms=connect_ms, rpc_ms=rpc_ms)
+        result = _check(channel, started, deadline, service=service, timeout=timeout, address=address)
+        return dataclasses.replace(result, elapsed_ms=(time.perf_counter() - started) * 1000)
     finally:
         channel.close()
+
+
+def _check(channel, started: float, deadline: float, *, service: str, timeout: str, address: str) -> ProbeResult:  # channel: grpc.Channel
+    """The dial and the RPC under one deadline, as grpc.go's Probe: the verdict, without the elapsed time."""
+    import grpc
+
+    if not _wait_until_ready(channel, deadline):
+        return ProbeResult(
+            Outcome.UNREACHABLE,
+            f"timeout: failed to connect service {gostr.quote(address)} within {timeout}: context deadline exceeded",
+        )
+    connected = time.perf_counter()
+    connect_ms = (connected - started) * 1000
+    rpc = channel.unary_unary(CHECK_METHOD, request_serializer=encode_request, response_deserializer=decode_response)
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:  # the dial used the whole deadline: the RPC cannot start in time
+        return ProbeResult(
+            Outcome.RPC_FAILED, f"timeout: health rpc did not complete within {timeout}", code="DeadlineExceeded", connect_ms=connect_ms
+        )
+    try:
+        # A stop closes the channel from the stopping thread, which cancels this call at once.
+        with stop.on_stop(channel.close):
+            value = rpc(service, timeout=remaining, metadata=())
+    except grpc.RpcError as err:
+        stop.check()  # cancelled by a stop: not a verdict
+        rpc_ms = (time.perf_counter() - connected) * 1000
+        code = err.code()
+        details = err.details() or ""
+        name = gostr.grpc_code_name(code.value[0])
+        if code is grpc.StatusCode.UNIMPLEMENTED:
+            output = f"error: this server does not implement the grpc health protocol (grpc.health.v1.Health): {details}"
+        elif code is grpc.StatusCode.DEADLINE_EXCEEDED:
+            output = f"timeout: health rpc did not complete within {timeout}"
+        else:
+            output = f"error: health rpc probe failed: rpc error: code = {name} desc = {details}"
+        return ProbeResult(Outcome.RPC_FAILED, output, code=name, connect_ms=connect_ms, rpc_ms=rpc_ms)
+    rpc_ms = (time.perf_counter() - connected) * 1000
+    status = status_name(value)
+    if status != "SERVING":
+        return ProbeResult(
+            Outcome.UNHEALTHY,
+            f"service unhealthy (responded with {gostr.quote(status)})",
+            status=status,
+            connect_ms=connect_ms,
+            rpc_ms=rpc_ms,
+        )
+    return ProbeResult(Outcome.HEALTHY, "service healthy", status=status, connect_ms=connect_ms, rpc_ms=rpc_ms)
 
 
 _READY, _SHUTDOWN = 2, 4  # grpc_connectivity_state values
@@ -216,12 +230,16 @@ def _wait_until_ready(channel, deadline: float) -> bool:  # channel: grpc.Channe
             return False
     state = raw.check_connectivity_state(True)
     while state != _READY:
+        # Polled, not closed from outside: closing a channel waits for its pending watch anyway.
+        stop.check()
         if state == _SHUTDOWN:
             return False
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return False
-        # Waits for a state change; wake at least every 0.25 s so Ctrl-C is seen promptly.
+        # Waits for a state change; wake at least every 0.25 s so that a stop is seen promptly.
+        # Never interrupt this call (run checks off the main thread: stop.off_main_thread): a watch
+        # abandoned by an exception stays pending, and channel.close() then waits for it for ever.
         raw.watch_connectivity_state(state, time.time() + min(remaining, 0.25))
         state = raw.check_connectivity_state(True)
     return True

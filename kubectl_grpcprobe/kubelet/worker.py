@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 SUCCESS, FAILURE, UNKNOWN = "success", "failure", "unknown"
 INITIAL = {"readiness": FAILURE, "liveness": SUCCESS, "startup": UNKNOWN}
+# The one reason a probe cannot run again until the container restarts: its startup probe is done.
+ALREADY_STARTED = "container already started"
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,7 @@ class ProbeWorker:
         if int(seconds_since_start) < self.initial_delay:
             return f"initialDelaySeconds ({self.initial_delay}s) not yet passed"
         if self.kind == "startup" and container_started:
-            return "container already started"
+            return ALREADY_STARTED
         if self.kind != "startup" and not container_started:
             return "waiting for the startup probe to succeed"
         return None

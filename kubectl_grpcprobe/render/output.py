@@ -1,6 +1,9 @@
 """All rendering: text (one kubelet-style line per probe), wide (a table), json (the stable schema).
 
-Results go to stdout, diagnostics to stderr; colour only on a terminal and never with NO_COLOR.
+Results go to stdout, diagnostics to stderr; colour only on a terminal that has it (never with
+NO_COLOR or TERM=dumb). Text from peers (gRPC details, tunnel errors, HTTP answers) may hold any
+byte: text output escapes control characters (`printable`), so a peer can neither break a line
+nor drive the terminal. JSON keeps the exact strings (json escapes them itself).
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
-from ..errors import ExitCode, most_severe
 from ..kubelet.report import Report
 
 if TYPE_CHECKING:
@@ -32,7 +34,20 @@ class Environment:
 
     def __post_init__(self) -> None:
         if self.colors is None:
-            self.colors = bool(getattr(self.stdout, "isatty", lambda: False)()) and "NO_COLOR" not in os.environ
+            self.colors = (
+                bool(getattr(self.stdout, "isatty", lambda: False)())
+                and "NO_COLOR" not in os.environ
+                and os.environ.get("TERM", "") not in ("dumb", "")
+            )
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)]}
+_CONTROL.update({0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"})
+
+
+def printable(text: str) -> str:
+    """`text` with C0/C1 control characters and DEL escaped (\\n, \\x00, ...): one line, no terminal escapes."""
+    return text.translate(_CONTROL)
 
 
 def ms(value: float | None) -> str:
@@ -71,14 +86,15 @@ def report_dict(r: Report) -> dict[str, object]:
     }
 
 
-def render(reports: list[Report], fmt: str, env: Environment) -> None:
+def render(reports: list[Report], fmt: str, env: Environment, *, exit_code: int) -> None:
+    """One pod's reports; `exit_code` is the status the process exits with, and JSON says exactly that."""
     if fmt == "quiet":
         return
     if fmt == "json":
         doc = {
             "apiVersion": SCHEMA_VERSION,
             "kind": "ProbeReport",
-            "exitCode": int(most_severe([r.exit_code for r in reports]) if reports else ExitCode.OK),
+            "exitCode": int(exit_code),
             "probes": [report_dict(r) for r in reports],
         }
         env.stdout.write(json.dumps(doc, indent=2) + "\n")
@@ -102,7 +118,7 @@ def render(reports: list[Report], fmt: str, env: Environment) -> None:
                     ms(r.timings.get("tunnel")),
                     ms(r.timings.get("connect")),
                     ms(r.timings.get("rpc")),
-                    r.result.output,
+                    printable(r.result.output),
                 ]
             )
         widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
@@ -112,10 +128,11 @@ def render(reports: list[Report], fmt: str, env: Environment) -> None:
         _diagnostics(reports, env)
         return
     for r in reports:
-        latency = r.timings.get("rpc") if r.result.rpc_ms is not None else r.timings.get("total")
+        # Without an answer, the time the check itself took: what its deadline bounded, not the tunnel's set-up too.
+        latency = r.timings.get("rpc") if r.result.rpc_ms is not None else r.result.elapsed_ms
         label = "rpc" if r.result.rpc_ms is not None else "after"
         env.stdout.write(
-            f"pod/{r.pod} container={r.target.container}: {_paint(env, r.event, r.result.success)} ({label} {ms(latency)})\n"
+            f"pod/{r.pod} container={r.target.container}: {_paint(env, printable(r.event), r.result.success)} ({label} {ms(latency)})\n"
         )
     _diagnostics(reports, env)
 
@@ -124,9 +141,9 @@ def render_toggle(pod: str, port: int, answer: HttpAnswer, fmt: str, env: Enviro
     """The control endpoint's answer; in json it goes to stderr so stdout stays one document."""
     if fmt == "quiet":
         return
-    line = f"pod/{pod}: GET {answer.path} on port {port} answered {answer.status} {answer.reason}"
+    line = f"pod/{pod}: GET {printable(answer.path)} on port {port} answered {answer.status} {printable(answer.reason)}"
     if answer.body:
-        line += f" (server says: {answer.body.splitlines()[0][:200]})"
+        line += f" (server says: {printable(answer.body.splitlines()[0][:200])})"
     (env.stderr if fmt == "json" else env.stdout).write(line + "\n")
 
 
@@ -135,18 +152,25 @@ def render_kubelet_action(pod: str, action: KubeletAction, fmt: str, env: Enviro
         return
     line = f"pod/{pod}: the kubelet acted {action.seconds:.1f}s after the toggle: {action.what}"
     if action.event:
-        line += f"; event: {action.event}"
+        line += f"; event: {printable(action.event)}"
     (env.stderr if fmt == "json" else env.stdout).write(line + "\n")
 
 
 def _diagnostics(reports: list[Report], env: Environment) -> None:
     for r in reports:
         for note in r.diagnostics:
-            env.stderr.write(f"pod/{r.pod} container={r.target.container}: {note}\n")
+            env.stderr.write(f"pod/{r.pod} container={r.target.container}: {printable(note)}\n")
 
 
-def error(env: Environment, message: str) -> None:
-    env.stderr.write(message.rstrip("\n") + "\n")
+def render_error(env: Environment, message: str, exit_code: int, *, as_json: bool, usage: bool = False) -> None:
+    """A run that ends without results: one line on stderr (a usage error adds its `See --help` line), and
+    with -o json a document on stdout too."""
+    line = message.rstrip("\n")
+    env.stderr.write("\n".join(printable(part) for part in line.split("\n")) if usage else printable(line))
+    env.stderr.write("\n")
+    if as_json:
+        doc = {"apiVersion": SCHEMA_VERSION, "kind": "Error", "exitCode": int(exit_code), "message": line.removeprefix("error: ")}
+        env.stdout.write(json.dumps(doc, indent=2) + "\n")
 
 
 class WatchPrinter:
@@ -164,7 +188,11 @@ class WatchPrinter:
         return datetime.datetime.now().strftime("%H:%M:%S.%f")[:-3]
 
     def _json(self, kind: str, **fields: object) -> None:
-        self.env.stdout.write(json.dumps({"type": kind, "time": self._stamp(), **fields}) + "\n")
+        import datetime
+
+        # RFC 3339 with the local zone, as kubectl's timestamps: a line must mean one instant wherever it is read.
+        stamp = datetime.datetime.now().astimezone().isoformat(timespec="milliseconds")
+        self.env.stdout.write(json.dumps({"type": kind, "time": stamp, **fields}) + "\n")
         self.env.stdout.flush()
 
     def _line(self, text: str) -> None:
@@ -178,7 +206,7 @@ class WatchPrinter:
             self._json("execution", **report_dict(report))
         else:
             latency = f"rpc {ms(report.result.rpc_ms)}" if report.result.rpc_ms is not None else "no answer"
-            event = _paint(self.env, report.event, report.result.success)
+            event = _paint(self.env, printable(report.event), report.result.success)
             self._line(f"{report.target.container} {report.target.kind}: {event} ({latency})")
         _diagnostics([report], self.env)
 
@@ -186,7 +214,7 @@ class WatchPrinter:
         if self.fmt == "json":
             self._json("decision", container=target.container, probe=target.kind, text=text)
         elif self.fmt != "quiet":
-            self._line(f"{target.container} kubelet decision: {text}")
+            self._line(f"{target.container} kubelet decision: {printable(text)}")
 
     def skipped(self, target: Target, reason: str) -> None:
         if self.fmt == "json":
@@ -198,7 +226,7 @@ class WatchPrinter:
         if self.fmt == "json":
             self._json("note", container=target.container, probe=target.kind, text=text)
         elif self.fmt != "quiet":
-            self.env.stderr.write(f"{self._stamp()}  {target.container} {target.kind}: {text}\n")
+            self.env.stderr.write(f"{self._stamp()}  {target.container} {target.kind}: {printable(text)}\n")
 
     def stream_update(self, target: Target, status: str, since_last_ms: float) -> None:
         if self.fmt == "json":
@@ -206,28 +234,33 @@ class WatchPrinter:
         elif self.fmt != "quiet":
             self._line(f"{target.container} {target.kind}: Health/Watch says {status}")
 
-    def summary(self, summaries: list[dict[str, Any]]) -> None:
+    def summary(self, summaries: list[dict[str, Any]], *, exit_code: int, ended: str | None = None) -> None:
+        """The last line of a watch; in JSON it carries the exit status the process ends with, and why it ended early."""
         if self.fmt == "json":
             items = []
             for s in summaries:
                 t = s["target"]
+                lat = s["latency"]
                 items.append(
                     {
                         "container": t.container,
                         "probe": t.kind,
                         "executions": s["executions"],
                         "failures": s["failures"],
-                        "rpcLatencyMs": s["latency"],
+                        "skipped": s["skipped"],
+                        "rpcLatencyMs": None if lat is None else {k: round(v, 3) for k, v in lat.items()},
                     }
                 )
-            self._json("summary", namespace=self.namespace, pod=self.pod, probes=items)
+            self._json("summary", namespace=self.namespace, pod=self.pod, probes=items, exitCode=exit_code, ended=ended)
             return
         if self.fmt == "quiet":
             return
-        self.env.stdout.write(f"--- pod/{self.pod} summary\n")
+        self.env.stdout.write(f"--- pod/{self.pod} summary" + (f" ({ended})" if ended else "") + "\n")
         for s in summaries:
             t = s["target"]
-            line = f"{t.container} {t.kind}: {s['executions']} executions, {s['failures']} failed"
+            line = f"{t.container} {t.kind}: {plural(s['executions'], 'execution')}, {s['failures']} failed"
+            if s["skipped"]:
+                line += f", {s['skipped']} not run"
             lat = s["latency"]
             if lat:
                 line += f"; rpc latency min {ms(lat['min'])} / median {ms(lat['median'])} / p99 {ms(lat['p99'])} / max {ms(lat['max'])}"
@@ -260,33 +293,57 @@ class Progress:
 KIND_ORDER = {"startup": 0, "liveness": 1, "readiness": 2, "adhoc": 3}
 
 
-def fleet_summary(reports: list[Report], outcomes: list[PodOutcome]) -> dict[str, int]:
+def fleet_summary(reports: list[Report], outcomes: list[PodOutcome], stopped: str | None = None) -> dict[str, Any]:
+    """Each outcome counted under its own name; `stopped` says why the run ended early (null when it did not)."""
     from ..kubelet.probe import Outcome
 
-    healthy = sum(r.result.outcome is Outcome.HEALTHY for r in reports)
-    unreachable = sum(r.result.outcome is Outcome.UNREACHABLE for r in reports)
+    def count(outcome: Outcome) -> int:
+        return sum(r.result.outcome is outcome for r in reports)
+
     return {
         "probes": len(reports),
-        "healthy": healthy,
-        "unhealthy": len(reports) - healthy - unreachable,
-        "unreachable": unreachable,
+        "healthy": count(Outcome.HEALTHY),
+        "unhealthy": count(Outcome.UNHEALTHY),
+        "rpcFailed": count(Outcome.RPC_FAILED),
+        "unreachable": count(Outcome.UNREACHABLE),
         "podsNotProbed": sum(not o.skipped for o in outcomes),
         "podsWithoutGrpcProbe": sum(o.skipped for o in outcomes),
+        "stopped": stopped,
     }
 
 
-def render_fleet(reports: list[Report], outcomes: list[PodOutcome], fmt: str, env: Environment) -> None:
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    line = (
+        f"{plural(summary['probes'], 'probe')}: {summary['healthy']} healthy, {summary['unhealthy']} unhealthy, "
+        f"{summary['rpcFailed']} rpc failed, {summary['unreachable']} unreachable"
+    )
+    if summary["podsNotProbed"]:
+        line += f"; {plural(summary['podsNotProbed'], 'pod')} not probed"
+    if summary["podsWithoutGrpcProbe"]:
+        line += f"; {plural(summary['podsWithoutGrpcProbe'], 'pod')} without a gRPC probe"
+    if summary["stopped"]:
+        line += f" ({summary['stopped']}: partial results)"
+    return line
+
+
+def render_fleet(
+    reports: list[Report], outcomes: list[PodOutcome], fmt: str, env: Environment, *, exit_code: int, stopped: str | None = None
+) -> None:
     """A table sorted by namespace, pod, container, probe; pods that could not be probed; a summary line."""
     if fmt == "quiet":
         return
     reports = sorted(reports, key=lambda r: (r.namespace, r.pod, r.target.container, KIND_ORDER[r.target.kind], r.target.service))
     outcomes = sorted(outcomes, key=lambda o: (o.namespace, o.pod))  # json keeps these orders too
-    summary = fleet_summary(reports, outcomes)
+    summary = fleet_summary(reports, outcomes, stopped)
     if fmt == "json":
         doc = {
             "apiVersion": SCHEMA_VERSION,
             "kind": "ProbeReport",
-            "exitCode": int(most_severe([r.exit_code for r in reports] + [o.exit_code for o in outcomes if not o.skipped])),
+            "exitCode": int(exit_code),
             "probes": [report_dict(r) for r in reports],
             "pods": [
                 {"namespace": o.namespace, "pod": o.pod, "message": o.message, "exitCode": int(o.exit_code), "skipped": o.skipped}
@@ -310,7 +367,7 @@ def render_fleet(reports: list[Report], outcomes: list[PodOutcome], fmt: str, en
         if wide:
             row[5:5] = [r.address, quote(r.target.service), duration(r.target.timeout_ns)]
             row += [ms(r.timings.get("tunnel")), ms(r.timings.get("connect"))]
-        row.append(r.result.output)
+        row.append(printable(r.result.output))
         keyed.append(((r.namespace, r.pod, r.target.container, KIND_ORDER[r.target.kind], r.target.service), row))
     for o in outcomes:
         if o.skipped and not wide:
@@ -319,16 +376,11 @@ def render_fleet(reports: list[Report], outcomes: list[PodOutcome], fmt: str, en
         if wide:
             row[5:5] = ["-", "-", "-"]
             row += ["-", "-"]
-        row.append(o.message)
+        row.append(printable(o.message))
         keyed.append(((o.namespace, o.pod, "", -1, ""), row))
     rows = [header] + [row for _, row in sorted(keyed, key=lambda item: item[0])]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     for row in rows:
         env.stdout.write(("   ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])) + "   " + row[-1]).rstrip() + "\n")
-    line = f"{summary['probes']} probes: {summary['healthy']} healthy, {summary['unhealthy']} unhealthy, {summary['unreachable']} unreachable"
-    if summary["podsNotProbed"]:
-        line += f"; {summary['podsNotProbed']} pods not probed"
-    if summary["podsWithoutGrpcProbe"]:
-        line += f"; {summary['podsWithoutGrpcProbe']} pods without a gRPC probe"
-    env.stdout.write(line + "\n")
+    env.stdout.write(summary_line(summary) + "\n")
     _diagnostics(reports, env)

@@ -78,6 +78,7 @@ class Sandbox:
         self._pod_ips = 0
         self.requests: list[tuple[str, str]] = []  # (verb, path) of every API request, for tests
         self.portforward_requested = threading.Event()  # set at every pods/portforward request
+        self.api_requested = threading.Event()  # set at every API request, before any stall_api fault
         self.active_forwards: set[Any] = set()  # WebSockets forwarding right now
         self._lock = threading.Lock()
         token = secrets.token_urlsafe(24)
@@ -306,11 +307,15 @@ class Sandbox:
 
         if isinstance(manifest, dict):
             docs = [manifest]
+            where = "the manifest"
         else:
+            where = str(manifest)
             with open(manifest) as fh:
                 docs = [d for d in yaml.safe_load_all(fh) if d]
         created = []
-        for doc in docs:
+        for number, doc in enumerate(docs, 1):
+            if not isinstance(doc, dict):
+                raise ValueError(f"{where}: document {number} is not a Kubernetes object (a YAML mapping)")
             if doc.get("kind") == "List":
                 for item in doc.get("items") or []:
                     created += self.apply(item)
@@ -320,11 +325,18 @@ class Sandbox:
             kind = doc.get("kind")
             resource = KIND_RESOURCE.get(kind)
             if resource is None:
-                raise ValueError(f"the sandbox does not serve kind {kind!r}")
-            ns = (doc.get("metadata") or {}).get("namespace") or "default"
+                raise ValueError(f"{where}: document {number}: the sandbox does not serve kind {kind!r}")
+            meta = doc.get("metadata")
+            if not isinstance(meta, dict) or not (meta.get("name") or meta.get("generateName")):
+                raise ValueError(f"{where}: document {number} ({kind}): metadata.name is required")
+            ns = meta.get("namespace") or "default"
             if resource != "namespaces" and self.store.get("namespaces", "", ns) is None:
                 self._create_namespace(ns)
-            created.append(self.create(resource, doc, ns))
+            try:
+                created.append(self.create(resource, doc, ns))
+            except (KeyError, TypeError, AttributeError) as exc:
+                what = f"missing field {exc.args[0]!r}" if isinstance(exc, KeyError) else "a field has the wrong type"
+                raise ValueError(f"{where}: document {number} ({kind} {meta.get('name')}): {what}") from None
         return created
 
     # -- test controls -----------------------------------------------------------------------

@@ -10,10 +10,10 @@ from __future__ import annotations
 import selectors
 import socket
 import ssl
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from .. import stop
 from .sockio import read_available, send_all
 
 
@@ -35,6 +35,28 @@ def speaks_tls(port: int, timeout: float) -> bool:
         return False
 
 
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # + an empty SETTINGS
+
+
+def http2_answer_ms(port: int, timeout: float) -> float | None:
+    """Milliseconds until whatever answers on 127.0.0.1:port sent an HTTP/2 SETTINGS frame, or None."""
+    import time
+
+    started = time.perf_counter()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.sendall(HTTP2_PREFACE)
+            head = b""
+            while len(head) < 9:
+                chunk = sock.recv(9 - len(head))
+                if not chunk:
+                    return None
+                head += chunk
+    except OSError:
+        return None
+    return (time.perf_counter() - started) * 1000 if head[3] == 0x04 else None
+
+
 class _Terminator:
     def __init__(self, upstream_port: int, timeout: float) -> None:
         self.upstream_port = upstream_port
@@ -49,7 +71,7 @@ class _Terminator:
         self.failure: BaseException | None = None
         self._wake_r, self._wake_w = socket.socketpair()
         self._pairs: dict[socket.socket, socket.socket] = {}
-        self._thread = threading.Thread(target=self._run, name="grpcprobe-portforward-tls", daemon=True)
+        self._thread = stop.thread(self._run, name="grpcprobe-portforward-tls")
         self._thread.start()
 
     def _run(self) -> None:

@@ -171,6 +171,7 @@ class Handler(BaseHTTPRequestHandler):
         self.query = parse_qs(url.query)
         path = url.path.rstrip("/") or "/"
         sandbox.requests.append((self.command, path))
+        sandbox.api_requested.set()
         try:
             if sandbox.faults.stall_api and self.server.stop_event.wait(sandbox.faults.stall_api):
                 return
