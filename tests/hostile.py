@@ -295,6 +295,24 @@ class ConnectProxy(_Proxy):
         _pipe(conn, up)
 
 
+class TlsConnectProxy(ConnectProxy):
+    """The HTTP CONNECT proxy behind TLS (an https:// proxy-url). `identity` is (certificate file, key file);
+    without one it makes its own CA, which nobody trusts."""
+
+    def __init__(self, names: dict[str, str], tmp_path: Path, identity: tuple[Path, Path] | None = None) -> None:
+        if identity is None:
+            pki = make_pki("test-proxy")
+            identity = (tmp_path / "proxy.crt", tmp_path / "proxy.key")
+            identity[0].write_bytes(pki.cert_pem)
+            identity[1].write_bytes(pki.key_pem)
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(*identity)
+        super().__init__(names)
+
+    def handle(self, conn: socket.socket) -> None:
+        super().handle(self.context.wrap_socket(conn, server_side=True))
+
+
 class Socks5Proxy(_Proxy):
     """RFC 1928, no authentication, CONNECT by domain name only (the name is resolved here, from `names`)."""
 

@@ -21,7 +21,7 @@ import yaml
 from kubectl_grpcprobe.errors import ExitCode
 
 from .helpers import ROOT, kubectl_binary
-from .hostile import ConnectProxy, HostileApi, Socks5Proxy, TrickleRelay, run_measured, run_python
+from .hostile import ConnectProxy, HostileApi, Socks5Proxy, TlsConnectProxy, TrickleRelay, run_measured, run_python
 
 
 def plugin(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -344,6 +344,30 @@ def test_proxy_url_reaches_a_name_only_the_proxy_resolves(tmp_path, sandbox, kin
         theirs = kubectl("--kubeconfig", path, "get", "pod", "test-grpc")
         if theirs is not None:
             assert theirs.returncode == 0, theirs.stderr
+
+
+def test_https_proxy_url_is_tls_to_the_proxy_verified_as_kubectl_does(tmp_path, sandbox) -> None:
+    """proxy-url: https://… is TLS to the proxy, then CONNECT, then the API server's TLS inside it. Go's transport
+    verifies the proxy with the cluster's TLS settings (the kubeconfig's CA, tls-server-name): a proxy with the
+    sandbox's own certificate passes for both kubectl and the plugin, one with an unknown CA fails for both."""
+    identity = (Path(sandbox._tmp, "server.crt"), Path(sandbox._tmp, "server.key"))
+    with TlsConnectProxy({HIDDEN: "127.0.0.1"}, tmp_path, identity) as proxy:
+        path = _behind_proxy(sandbox, tmp_path, f"https://127.0.0.1:{proxy.port}")
+        run = plugin("test-grpc", "--kubeconfig", path)
+        assert run.returncode == ExitCode.OK, run.stderr
+        assert len([c for c in proxy.connects if HIDDEN in c]) >= 2  # the GETs and the WebSocket, TLS inside TLS
+        theirs = kubectl("--kubeconfig", path, "get", "pod", "test-grpc")
+        if theirs is not None:
+            assert theirs.returncode == 0, theirs.stderr
+    with TlsConnectProxy({HIDDEN: "127.0.0.1"}, tmp_path) as stranger:
+        path = _behind_proxy(sandbox, tmp_path, f"https://127.0.0.1:{stranger.port}")
+        untrusted = plugin("test-grpc", "--kubeconfig", path)
+        assert untrusted.returncode == ExitCode.UNREACHABLE
+        assert one_line(untrusted.stderr).startswith(f"error: proxy https://127.0.0.1:{stranger.port}: tls: failed to verify certificate")
+        assert stranger.connects == []  # no CONNECT went out over an unverified connection
+        theirs = kubectl("--kubeconfig", path, "get", "pod", "test-grpc")
+        if theirs is not None:
+            assert theirs.returncode != 0 and "proxyconnect tcp: tls: failed to verify certificate" in theirs.stderr
 
 
 def test_https_proxy_and_no_proxy_from_the_environment(tmp_path, sandbox) -> None:

@@ -83,6 +83,7 @@ class KubeClient:
                 proxy=self.proxy,
                 deadline=deadline,
                 where=self.where,
+                pinned_server_name=self.cfg.tls_server_name or None,
             )
         except TimeoutError:
             raise DeadlineExceeded(f"error: unable to connect to the server {self.where}: i/o timeout") from None

@@ -254,8 +254,11 @@ def open_connection(
     proxy: Proxy | None,
     deadline: Deadline,
     where: str,
+    pinned_server_name: str | None = None,
 ) -> socket.socket:
     """A connection ready for HTTP/1.1 to host:port: direct or through `proxy`, then TLS when `tls` is set.
+
+    `pinned_server_name` is the kubeconfig's tls-server-name, which an https:// proxy is verified against too.
 
     Any failure raises ConnectError with one kubectl-like line; a deadline that passes anywhere in
     between ends it, whatever the peers do.
@@ -266,14 +269,23 @@ def open_connection(
     stage = "proxy"
     try:
         if proxy and proxy.scheme == "https":
-            # TLS to the proxy itself, verified against the system roots (as Go does), then CONNECT inside it.
-            sock = stop.track_socket(ssl.create_default_context().wrap_socket(sock, server_hostname=proxy.host))
+            # TLS to the proxy itself, with the cluster's TLS settings as Go's http.Transport does (client-go's
+            # TLSClientConfig serves both): the kubeconfig's CA, and tls-server-name if set, else the proxy's name.
+            context = tls or ssl.create_default_context()
+            try:
+                sock = stop.track_socket(context.wrap_socket(sock, server_hostname=pinned_server_name or proxy.host))
+            except ssl.SSLCertVerificationError as exc:
+                raise ConnectError(f"error: proxy {proxy}: tls: failed to verify certificate: {exc.verify_message}") from None
         if proxy and proxy.scheme == "socks5":
             _socks5_connect(sock, proxy, host, port, deadline)
         elif proxy:
             _http_connect(sock, proxy, host, port, deadline)
         if tls is not None:
             stage = "tls"
+            if isinstance(sock, ssl.SSLSocket):  # TLS to an https:// proxy already: the server's TLS goes inside it
+                from ..wire.nested import through
+
+                sock = stop.track_socket(through(sock))
             sock.settimeout(deadline.remaining())
             sock = tls.wrap_socket(sock, server_hostname=server_name)
         sock.settimeout(None)
