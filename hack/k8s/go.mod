@@ -1,11 +1,14 @@
 // The project's own module for building the real Kubernetes components it tests against.
 // Generated replaces: every staging module k8s.io/kubernetes requires at v0.0.0 -> its published v0.37.2
-// (hack/k8s/gen-gomod.sh). Build with 'make k8s'.
+// (generated from `go mod download -json k8s.io/kubernetes@v1.37.2`'s go.mod). Build with 'make k8s'.
 module github.com/kubectl-grpcprobe/hack/k8s
 
 go 1.26.0
 
-require k8s.io/kubernetes v1.37.2
+require (
+	google.golang.org/grpc v1.82.1
+	k8s.io/kubernetes v1.37.2
+)
 
 require (
 	cel.dev/expr v0.25.1 // indirect
@@ -119,7 +122,6 @@ require (
 	golang.org/x/tools v0.47.0 // indirect
 	google.golang.org/genproto/googleapis/api v0.0.0-20260526163538-3dc84a4a5aaa // indirect
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20260526163538-3dc84a4a5aaa // indirect
-	google.golang.org/grpc v1.82.1 // indirect
 	google.golang.org/protobuf v1.36.12-0.20260120151049-f2248ac996af // indirect
 	gopkg.in/evanphx/json-patch.v4 v4.13.0 // indirect
 	gopkg.in/go-jose/go-jose.v2 v2.6.3 // indirect

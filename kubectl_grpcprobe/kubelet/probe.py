@@ -8,6 +8,7 @@ Every outcome is a ProbeResult; nothing here raises for a health outcome.
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from dataclasses import dataclass
 from enum import Enum
@@ -166,36 +167,50 @@ def _check(channel, started: float, deadline: float, *, service: str, timeout: s
     """The dial and the RPC under one deadline, as grpc.go's Probe: the verdict, without the elapsed time."""
     import grpc
 
-    if not _wait_until_ready(channel, deadline):
-        return ProbeResult(
-            Outcome.UNREACHABLE,
-            f"timeout: failed to connect service {gostr.quote(address)} within {timeout}: context deadline exceeded",
-        )
-    connected = time.perf_counter()
-    connect_ms = (connected - started) * 1000
     rpc = channel.unary_unary(CHECK_METHOD, request_serializer=encode_request, response_deserializer=decode_response)
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:  # the dial used the whole deadline: the RPC cannot start in time
-        return ProbeResult(
-            Outcome.RPC_FAILED, f"timeout: health rpc did not complete within {timeout}", code="DeadlineExceeded", connect_ms=connect_ms
-        )
-    try:
-        # A stop closes the channel from the stopping thread, which cancels this call at once.
-        with stop.on_stop(channel.close):
-            value = rpc(service, timeout=remaining, metadata=())
-    except grpc.RpcError as err:
-        stop.check()  # cancelled by a stop: not a verdict
-        rpc_ms = (time.perf_counter() - connected) * 1000
-        code = err.code()
-        details = err.details() or ""
-        name = gostr.grpc_code_name(code.value[0])
-        if code is grpc.StatusCode.UNIMPLEMENTED:
-            output = f"error: this server does not implement the grpc health protocol (grpc.health.v1.Health): {details}"
-        elif code is grpc.StatusCode.DEADLINE_EXCEEDED:
-            output = f"timeout: health rpc did not complete within {timeout}"
-        else:
-            output = f"error: health rpc probe failed: rpc error: code = {name} desc = {details}"
-        return ProbeResult(Outcome.RPC_FAILED, output, code=name, connect_ms=connect_ms, rpc_ms=rpc_ms)
+    never_ready = ProbeResult(
+        Outcome.UNREACHABLE,
+        f"timeout: failed to connect service {gostr.quote(address)} within {timeout}: context deadline exceeded",
+    )
+    gone_away = False  # a connection ended by GOAWAY with the server's SETTINGS: never ready, for grpc-go
+    while True:
+        if not _wait_until_ready(channel, deadline):
+            return never_ready
+        connected = time.perf_counter()
+        connect_ms = (connected - started) * 1000
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 and gone_away:
+            return never_ready
+        if remaining <= 0:  # the dial used the whole deadline: the RPC cannot start in time
+            return ProbeResult(
+                Outcome.RPC_FAILED, f"timeout: health rpc did not complete within {timeout}", code="DeadlineExceeded", connect_ms=connect_ms
+            )
+        try:
+            # A stop closes the channel from the stopping thread, which cancels this call at once.
+            with stop.on_stop(channel.close):
+                value = rpc(service, timeout=remaining, metadata=())
+            break
+        except grpc.RpcError as err:
+            stop.check()  # cancelled by a stop: not a verdict
+            code = err.code()
+            details = err.details() or ""
+            if code is grpc.StatusCode.UNAVAILABLE and "GOAWAY received" in details:
+                # grpcio calls a connection READY at the server's SETTINGS; grpc-go, whose blocking dial the kubelet
+                # uses, does not when a GOAWAY comes with them, and dials again until the deadline. So do we.
+                gone_away = True
+                if time.monotonic() >= deadline:
+                    return never_ready
+                continue
+            rpc_ms = (time.perf_counter() - connected) * 1000
+            details = _as_grpc_go_says(code, details)
+            name = gostr.grpc_code_name(code.value[0])
+            if code is grpc.StatusCode.UNIMPLEMENTED:
+                output = f"error: this server does not implement the grpc health protocol (grpc.health.v1.Health): {details}"
+            elif code is grpc.StatusCode.DEADLINE_EXCEEDED:
+                output = f"timeout: health rpc did not complete within {timeout}"
+            else:
+                output = f"error: health rpc probe failed: rpc error: code = {name} desc = {details}"
+            return ProbeResult(Outcome.RPC_FAILED, output, code=name, connect_ms=connect_ms, rpc_ms=rpc_ms)
     rpc_ms = (time.perf_counter() - connected) * 1000
     status = status_name(value)
     if status != "SERVING":
@@ -207,6 +222,25 @@ def _check(channel, started: float, deadline: float, *, service: str, timeout: s
             rpc_ms=rpc_ms,
         )
     return ProbeResult(Outcome.HEALTHY, "service healthy", status=status, connect_ms=connect_ms, rpc_ms=rpc_ms)
+
+
+_TOO_LARGE = re.compile(r"(?:Stream removed \(CLIENT: )?Received message larger than max \((\d+) vs\. (\d+)\)\)?")
+
+
+def _as_grpc_go_says(code, details: str) -> str:  # code: grpc.StatusCode
+    """Errors the client library itself makes, in grpc-go's words: the kubelet's output quotes them.
+
+    Only the ones the differential tests found (tests/test_oracle.py); a server's own details pass unchanged.
+    - a response over the 4 MiB receive limit: grpc-go's rpc_util.go says
+      "grpc: received message larger than max (N vs. M)"; grpcio "Stream removed (CLIENT: Received message ...)".
+    """
+    import grpc
+
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        match = _TOO_LARGE.fullmatch(details)
+        if match:
+            return f"grpc: received message larger than max ({match[1]} vs. {match[2]})"
+    return details
 
 
 _READY, _SHUTDOWN = 2, 4  # grpc_connectivity_state values

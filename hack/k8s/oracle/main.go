@@ -11,6 +11,12 @@ import (
 	"os"
 	"time"
 
+	// The kubelet binary has gzip registered as a gRPC decompressor: `go list -deps k8s.io/kubernetes/cmd/kubelet`
+	// (v1.37.2) includes it, imported by go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc/internal/otlpconfig
+	// (kubelet tracing). Codecs are process-wide in grpc-go, so the kubelet's probe accepts gzip responses, and so must
+	// its oracle.
+	_ "google.golang.org/grpc/encoding/gzip"
+
 	"k8s.io/kubernetes/pkg/probe"
 	grpcprobe "k8s.io/kubernetes/pkg/probe/grpc"
 )
