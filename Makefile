@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: test lint demo bench dist clean k8s oracle
+.PHONY: test lint demo bench bench-rtt dist clean k8s oracle
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ dist: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) bench/bench_probe.py
+
+# The plugin, the kubectl runbook and a fleet at RTT 0/20/50/100 ms through a latency relay (needs grpc_health_probe).
+bench-rtt: $(VENV)/.installed oracle
+	$(PY) bench/bench_rtt.py
 
 # The real Kubernetes components, agnhost, the kubelet's prober (probe-oracle) and grpc_health_probe, built from
 # Go modules into ${XDG_CACHE_HOME:-~/.cache}/kubectl-grpcprobe/k8s/<version>/bin; a second run is a no-op.

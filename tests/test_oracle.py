@@ -7,8 +7,9 @@ plugin's check probe it with the same host, port, service and timeout. They must
 on the output, byte for byte (the address is the same on both sides). grpc_health_probe (the tool the
 README promises compatible exit codes with) is the second oracle, for the exit-code class only.
 
-Timing tolerance, explicit: when a case sits on a timing edge - a timeout under 20 ms (connection set-up
-on loopback takes a few ms, at a different pace in grpc-go and grpcio), a server delay within
+Timing tolerance, explicit: when a case sits on a timing edge - a timeout under 50 ms (connection set-up
+on loopback takes a few ms, tens on a busy 2-core machine, at a different pace in grpc-go and grpcio), a
+5 MiB answer with a timeout under 500 ms, a server delay within
 max(50 ms, 10 % of the timeout) of the timeout, or a GOAWAY right after SETTINGS (the kubelet's own dial
 races there) - each side may land on either side of the deadline. There,
 each output must be one of the outputs that behaviour can produce (answer, RPC timeout, connect timeout),
@@ -69,7 +70,9 @@ class Case:
     @property
     def on_edge(self) -> bool:
         timeout = self.timeout_ns / 1e9
-        if timeout < 0.020 or self.peer == "goaway":
+        if self.behaviour.oversized and timeout < 0.5:
+            return True  # sending 5 MiB takes real time on a busy machine: the answer may come after the deadline
+        if timeout < 0.050 or self.peer == "goaway":
             # GOAWAY right after SETTINGS: the kubelet itself races (its dial sometimes sees READY first), ending in
             # either of its two timeouts or `Unavailable desc = the connection is draining`; all three seen here.
             return True
@@ -217,8 +220,8 @@ services = st.one_of(
 )
 # From 1 ms to 3 s. Waits cost real time, so peers that never answer get short timeouts, and the tiny ones
 # (always on the edge) are a small share.
-short_timeouts = st.sampled_from([1 * MS, 25 * MS, 40 * MS, 60 * MS, 60 * MS, 120 * MS, 120 * MS, 250 * MS])
-answer_timeouts = st.sampled_from([1 * MS, 25 * MS, 250 * MS, 250 * MS, 1000 * MS, 1000 * MS, 1000 * MS, 3000 * MS])
+short_timeouts = st.sampled_from([1 * MS, 40 * MS, 60 * MS, 80 * MS, 120 * MS, 120 * MS, 250 * MS, 250 * MS])
+answer_timeouts = st.sampled_from([1 * MS, 250 * MS, 250 * MS, 500 * MS, 1000 * MS, 1000 * MS, 1000 * MS, 3000 * MS])
 
 scripted_behaviours = st.one_of(
     st.builds(Behaviour, status=st.sampled_from([0, 1, 2, 3, 4, 99, -1, -(2**31), 2**31 - 1])),
@@ -251,6 +254,7 @@ REGRESSIONS = [
     Case("goaway", Behaviour(), "", 120 * MS),
     Case("scripted", Behaviour(status=2, delay=0.5), "", 3000 * MS),
     Case("http1", Behaviour(), "", 250 * MS, ipv6=True),
+    Case("scripted", Behaviour(oversized=5 << 20), ",/ªĠ¾©<", 25 * MS, ipv6=True),  # busy CI: 5 MiB outlasted 25 ms
 ]
 
 
@@ -264,7 +268,11 @@ def test_regressions(peers, case: Case) -> None:
 @example(case=Case("scripted", Behaviour(code=grpc.StatusCode.NOT_FOUND, details="unknown service"), "nope", 1000 * MS))
 def test_generated_cases_agree_with_the_kubelets_prober(peers, case: Case) -> None:
     STATS["generated"] += 1
-    differential(peers, case)
+    try:
+        differential(peers, case)
+    except BaseException:
+        STATS["failed"] = 1  # hypothesis stops generating: the count below would only repeat this failure
+        raise
 
 
 README_ROWS = {
@@ -303,5 +311,5 @@ def test_report(peers) -> None:
     """Runs last in this module: how many cases the run compared (the issue asks for the count)."""
     print(f"\ndifferential: {STATS['cases']} cases compared with the kubelet's prober ({STATS['generated']} generated), "
           f"{STATS['edges']} on a timing edge")
-    if STATS["generated"]:  # the generated test ran in this session: it ran them all
+    if STATS["generated"] and not STATS.get("failed"):  # the generated test ran in this session: it ran them all
         assert STATS["generated"] >= GENERATED
