@@ -122,6 +122,7 @@ class Seen:
     requests: list[str] = field(default_factory=list)  # request lines, in order
     headers: list[dict[str, str]] = field(default_factory=list)
     tls_connections: int = 0
+    connections: list[list[str]] = field(default_factory=list)  # the request lines of each TLS connection
 
 
 class HostileApi(_Server):
@@ -134,6 +135,7 @@ class HostileApi(_Server):
     - "ws-error-flood":   the same on the error channel
     - "ws-close-1011":    the upgrade is answered here, then a close frame with code 1011 and a reason
     - "ws-bad-protocol":  the upgrade chooses a subprotocol that was not offered
+    - "drop-idle": every answer keeps the connection alive by its headers, and then the connection is closed
     - "pass":    plain relay
     """
 
@@ -174,6 +176,8 @@ class HostileApi(_Server):
             return
         conn = self.ctx.wrap_socket(conn, server_side=True)
         self.seen.tls_connections += 1
+        mine: list[str] = []
+        self.seen.connections.append(mine)
         while True:
             head = _read_head(conn)
             if not head:
@@ -185,6 +189,7 @@ class HostileApi(_Server):
                 key = name.strip().lower()
                 headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
             self.seen.requests.append(lines[0])
+            mine.append(lines[0])
             self.seen.headers.append(headers)
             if headers.get("upgrade", "").lower() == "websocket":
                 if self.mode.startswith("ws-"):
@@ -222,6 +227,9 @@ class HostileApi(_Server):
         head, _, body = response.partition(b"\r\n\r\n")
         if self.mode == "close":
             conn.sendall(head + b"\r\nConnection: close\r\n\r\n" + body)
+            return False
+        if self.mode == "drop-idle":  # answer as if keeping the connection, then close it without a word
+            conn.sendall(head + b"\r\n\r\n" + body)
             return False
         if self.mode == "trickle" and is_pod:
             conn.sendall(head + b"\r\n\r\n")

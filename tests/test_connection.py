@@ -317,6 +317,34 @@ def test_unoffered_subprotocol_is_refused(tmp_path, sandbox) -> None:
     assert "chose the subprotocol 'v5.evil.example', which was not offered" in run.stderr
 
 
+# -- round trips (issue 16) -----------------------------------------------------------------------
+
+
+def test_a_probe_upgrades_the_connection_that_read_the_pod(tmp_path, sandbox) -> None:
+    """Critical path: TLS, GET pod, upgrade on that same connection, dial, RPC. /version goes on a connection of
+    its own at the same time (no pipelining: an intermediary that mishandles it would cost the whole deadline)."""
+    with HostileApi(sandbox, "pass") as api:
+        run = plugin("test-grpc", "--kubeconfig", api.kubeconfig(tmp_path))
+        assert run.returncode == ExitCode.OK, run.stderr
+        conns = sorted(api.seen.connections, key=len)
+    pod = "GET /api/v1/namespaces/default/pods/test-grpc HTTP/1.1"
+    assert [c for c in conns if c] == [
+        ["GET /version HTTP/1.1"],
+        [pod, "GET /api/v1/namespaces/default/pods/test-grpc/portforward?ports=5000 HTTP/1.1"],
+    ]
+
+
+def test_a_kept_alive_connection_closed_while_idle_is_replaced_for_the_upgrade(tmp_path, sandbox) -> None:
+    """The server closes the connection after the pod's answer, without saying so: the upgrade is retried once
+    on a new TLS connection, and the probe succeeds."""
+    with HostileApi(sandbox, "drop-idle") as api:
+        run = plugin("test-grpc", "--kubeconfig", api.kubeconfig(tmp_path))
+        assert run.returncode == ExitCode.OK, run.stderr
+        assert api.seen.plaintext == []
+        upgrades = [c for c in api.seen.connections if any("portforward" in line for line in c)]
+    assert len(upgrades) == 1 and len(upgrades[0]) == 1  # on a connection of its own, the first on it
+
+
 # -- proxies --------------------------------------------------------------------------------------
 
 HIDDEN = "kube.sandbox.test"  # resolvable only by the proxies

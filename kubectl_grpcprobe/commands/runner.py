@@ -58,6 +58,8 @@ def user_agent_for(client: KubeClient) -> str:
 
 def probe_pod(client: KubeClient, namespace: str, name: str, options: ProbeOptions) -> list[Report]:
     started = time.perf_counter()
+    if not options.user_agent:
+        client.prefetch("/version")  # for the user agent: its round trips overlap the pod's
     pod = client.get_pod(namespace, name)
     targets = resolve_for(pod, options)
     ensure_running(pod)

@@ -181,6 +181,8 @@ def watch(
 ) -> int:
     from ..kube.portforward import port_forward
 
+    if not options.user_agent:
+        client.prefetch("/version")
     pod = client.get_pod(namespace, name)
     targets = resolve_for(pod, options)
     ensure_running(pod)

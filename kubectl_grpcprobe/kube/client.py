@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -62,6 +63,8 @@ class KubeClient:
         self.proxy: Proxy | None = cfg.proxy_for(url.scheme, self.host, self.port)
         self._ssl: ssl.SSLContext | None = None
         self._sock: socket.socket | None = None  # the kept-alive connection, always one open_connection made
+        self._sock_lock = threading.Lock()  # fleet workers take it for their upgrades
+        self._prefetched: dict[str, tuple[threading.Event, dict[str, Any]]] = {}  # prefetch(): path -> (done, outcome)
 
     @property
     def where(self) -> str:
@@ -115,8 +118,53 @@ class KubeClient:
 
     # -- requests ------------------------------------------------------------------------------
 
+    def prefetch(self, path: str) -> None:
+        """Start a GET of `path` now, on a connection of its own in a helper thread, so that its round trips
+        overlap the next request's; get(path) then takes its answer. Not pipelining: an intermediary that mishandles
+        pipelined requests would turn a lost answer into a wait for the whole deadline. Any failure here is
+        forgotten, and get() asks again the plain way, so the result is always a plain GET's."""
+        from .. import stop
+
+        if path in self._prefetched:
+            return
+        done, outcome = threading.Event(), {}
+        self._prefetched[path] = (done, outcome)
+        if self.tls and self._ssl is None:
+            self._ssl = self.cfg.ssl_context()  # here, not in two threads at once
+        request = self._request_bytes("GET", path, None)
+
+        def fetch() -> None:
+            deadline = Deadline(self.timeout)
+            try:
+                sock = self.connect(deadline)
+                try:
+                    sock.settimeout(deadline.remaining())
+                    sock.sendall(request)
+                    head, rest = read_head(sock, deadline)
+                    status, _, headers = parse_head(head)
+                    body = BodyReader(sock, headers, rest, deadline).read_all()
+                finally:
+                    sock.close()
+                if status == 200:
+                    doc = json.loads(body)
+                    if isinstance(doc, dict):
+                        outcome["doc"] = doc
+            except BaseException:
+                pass  # forgotten: get() asks again the plain way, and reports what that meets
+            finally:
+                done.set()
+
+        stop.spawn(fetch, name="grpcprobe-prefetch")
+
     def get(self, path: str, query: dict[str, Any] | None = None) -> dict[str, Any]:
         """One GET within one --request-timeout deadline, retries for 429/5xx with Retry-After included."""
+        if not query and path in self._prefetched:
+            from .. import stop
+
+            done, outcome = self._prefetched.pop(path)
+            stop.wait(done, self.timeout)
+            if "doc" in outcome:
+                return outcome["doc"]
         deadline = Deadline(self.timeout)
         request = self._request_bytes("GET", path, query)
         retries = 0
@@ -233,10 +281,23 @@ class KubeClient:
 
         `timeout` bounds the whole upgrade: connect, proxy, TLS, request and response.
         """
-        from ..wire import wsframe
 
         deadline = Deadline(timeout)
-        sock = self.connect(deadline)
+        # The kept-alive connection has done its TLS handshake already: upgrading it saves a round trip.
+        with self._sock_lock:
+            kept, self._sock = self._sock, None
+        if kept is not None:
+            try:
+                return self._upgrade(kept, path, query, protocols, deadline)
+            except _StaleConnection:
+                pass  # the server had closed it while idle: a new connection, as a first attempt would have
+        return self._upgrade(self.connect(deadline), path, query, protocols, deadline, fresh=True)
+
+    def _upgrade(
+        self, sock: socket.socket, path: str, query: list[tuple[str, Any]], protocols: list[str], deadline: Deadline, *, fresh: bool = False
+    ) -> tuple[socket.socket, str, bytes]:
+        from ..wire import wsframe
+
         try:
             key = wsframe.new_client_key()
             extra = [
@@ -247,12 +308,14 @@ class KubeClient:
                 f"Sec-WebSocket-Protocol: {', '.join(protocols)}",
             ]
             sock.settimeout(deadline.remaining())
-            sock.sendall(self._request_bytes("GET", path, query, extra))
             try:
+                sock.sendall(self._request_bytes("GET", path, query, extra))
                 head, rest = read_head(sock, deadline)
             except TimeoutError:
                 raise ConnectError(f"error: the API server at {self.where} did not answer the port-forward upgrade in time") from None
             except (ssl.SSLError, OSError):
+                if not fresh:
+                    raise _StaleConnection() from None
                 raise ConnectError(f"error: the API server at {self.where} closed the connection during the port-forward upgrade") from None
             status, reason, headers = parse_head(head)
             self.trace(f"upgrade {path} (ports {', '.join(str(v) for k, v in query if k == 'ports')}) -> {status}")
@@ -277,6 +340,10 @@ class KubeClient:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+class _StaleConnection(Exception):
+    """A kept-alive connection that the server closed before it answered: try again on a new one."""
 
 
 def _seconds(timeout: float | None) -> str:
