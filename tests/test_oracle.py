@@ -307,6 +307,40 @@ def test_readme_parity_table(peers) -> None:
             assert output == documented, (row, output)
 
 
+REFERENCE = Path(__file__).resolve().parent.parent.parent / "shared" / "reference" / "kubelet-grpc-probe.md"
+REFERENCE_ROWS = {
+    "not connected before the deadline (refused, nothing listening, unroutable, not an HTTP/2 server)": Case("closed", Behaviour(), "", 1000 * MS),
+    "RPC status Unimplemented": Case("unimplemented", Behaviour(), "", 1000 * MS),
+    "RPC status DeadlineExceeded": Case("scripted", Behaviour(delay=1.5), "", 1000 * MS),
+    "any other RPC status (e.g. unknown service)": Case("scripted", Behaviour(code=grpc.StatusCode.NOT_FOUND, details="unknown service"), "x", 1000 * MS),
+    "status NOT_SERVING / UNKNOWN / SERVICE_UNKNOWN": Case("scripted", Behaviour(status=2), "", 1000 * MS),
+    "status SERVING": Case("scripted", Behaviour(status=1), "", 1000 * MS),
+}
+UNPRODUCIBLE = {"other dial error (practically unreachable)"}  # the dialer's own errors: none happens on loopback
+
+
+@pytest.mark.skipif(not REFERENCE.exists(), reason=f"the team's shared reference is not beside this checkout ({REFERENCE})")
+def test_shared_reference_table(peers) -> None:
+    """The shared reference's table of (situation, result, output) is what the kubelet's prober prints."""
+    lines = [line for line in REFERENCE.read_text().splitlines() if line.startswith("| ") and line.count(" | ") == 2]
+    rows = [line.removeprefix("| ").removesuffix(" |").split(" | ") for line in lines if "---" not in line][1:]
+    assert {r[0] for r in rows} == set(REFERENCE_ROWS) | UNPRODUCIBLE
+    scripted, ports = peers
+    for situation, result, output in rows:
+        if situation in UNPRODUCIBLE:
+            continue
+        case = REFERENCE_ROWS[situation]
+        port = ports[case.peer][0]
+        scripted.behaviour = case.behaviour
+        got = run_oracle("127.0.0.1", port, case)
+        documented = output.strip("`").replace("10.244.1.7:5000", f"127.0.0.1:{port}")
+        assert got[0] == result
+        if "<" in documented:
+            assert got[1].startswith(documented.split("<", 1)[0]), (situation, got)
+        else:
+            assert got[1] == documented, (situation, got)
+
+
 def test_report(peers) -> None:
     """Runs last in this module: how many cases the run compared (the issue asks for the count)."""
     print(f"\ndifferential: {STATS['cases']} cases compared with the kubelet's prober ({STATS['generated']} generated), "
