@@ -34,26 +34,23 @@ class Behaviour:
     oversized: int = 0  # bytes of an unknown field added to the response
 
 
-def encode_response(status: int, padding: int = 0) -> bytes:
-    """HealthCheckResponse{status} by hand: any int32, negative ones as 10-byte varints, as protobuf does."""
-    value = status & 0xFFFFFFFFFFFFFFFF
-    out = bytearray(b"\x08")
+def varint(value: int) -> bytes:
+    out = bytearray()
     while True:
         byte = value & 0x7F
         value >>= 7
         out.append(byte | (0x80 if value else 0))
         if not value:
-            break
+            return bytes(out)
+
+
+def encode_response(status: int, padding: int = 0) -> bytes:
+    """HealthCheckResponse{status} by hand: any int32, negative ones as 10-byte varints, as protobuf does;
+    `padding` bytes of field 15 (length-delimited, unknown: skipped by both clients) make it large."""
+    out = b"\x08" + varint(status & 0xFFFFFFFFFFFFFFFF)
     if padding:
-        length, field = padding, bytearray(b"\x7a")  # field 15, length-delimited: unknown, skipped by both
-        while True:
-            byte = length & 0x7F
-            length >>= 7
-            field.append(byte | (0x80 if length else 0))
-            if not length:
-                break
-        out += field + b"\x00" * padding
-    return bytes(out)
+        out += b"\x7a" + varint(padding) + b"\x00" * padding
+    return out
 
 
 class ScriptedServer:

@@ -130,21 +130,13 @@ def test_in_the_exec_plugin(tmp_path, sandbox, signum, code, word) -> None:
             assert conn.recv(1) == b""  # the plugin was killed with the run: its end of the connection closed
 
 
+@pytest.mark.parametrize(("fault", "event"), [("stall_api", "api_requested"), ("stall_portforward", "portforward_requested")], ids=["api-call", "upgrade"])
 @pytest.mark.parametrize(("signum", "code", "word"), SIGNALS, ids=SIGNAL_IDS)
-def test_in_an_api_call(sandbox, signum, code, word) -> None:
-    sandbox.faults.stall_api = 30
-    sandbox.api_requested.clear()
+def test_in_an_api_call_or_the_upgrade(sandbox, fault, event, signum, code, word) -> None:
+    setattr(sandbox.faults, fault, 30)
+    getattr(sandbox, event).clear()
     proc = spawn("test-grpc", kubeconfig=sandbox.kubeconfig_path)
-    assert sandbox.api_requested.wait(20)
-    assert_contract(signal_and_reap(proc, signum), code, word, proc)
-
-
-@pytest.mark.parametrize(("signum", "code", "word"), SIGNALS, ids=SIGNAL_IDS)
-def test_in_the_upgrade(sandbox, signum, code, word) -> None:
-    sandbox.faults.stall_portforward = 30
-    sandbox.portforward_requested.clear()
-    proc = spawn("test-grpc", kubeconfig=sandbox.kubeconfig_path)
-    assert sandbox.portforward_requested.wait(20)
+    assert getattr(sandbox, event).wait(20)  # the request is at the server, which stalls it
     assert_contract(signal_and_reap(proc, signum), code, word, proc)
 
 
