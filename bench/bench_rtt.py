@@ -62,7 +62,7 @@ def runbook(kubectl: str, env: dict[str, str]) -> float:
     )
     line = pf.stdout.readline()  # type: ignore[union-attr]  # "Forwarding from 127.0.0.1:NNNNN -> 5000"
     local = int(line.split("127.0.0.1:")[1].split(" ")[0])
-    code = subprocess.run([str(HEALTH_PROBE), "-addr", f"127.0.0.1:{local}"], env=env, stdout=subprocess.DEVNULL, check=False).returncode
+    code = subprocess.run([str(HEALTH_PROBE), "-addr", f"127.0.0.1:{local}"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False).returncode
     pf.send_signal(signal.SIGINT)
     pf.communicate(timeout=30)
     assert code == 0, "the runbook's grpc_health_probe failed"
@@ -103,12 +103,9 @@ def main() -> int:
         bare_env = {**os.environ}
         for rtt in rtts:
             with LatencyRelay(sandbox.port, rtt / 2000) as relay:
-                doc = sandbox.kubeconfig(server=f"https://127.0.0.1:{relay.port}")
                 path = ROOT / "bench" / "out" / f"kubeconfig-rtt-{rtt}"
                 path.parent.mkdir(parents=True, exist_ok=True)
-                import yaml
-
-                path.write_text(yaml.safe_dump(doc))
+                sandbox.write_kubeconfig(path, server=f"https://127.0.0.1:{relay.port}")  # 0600: it holds a token
                 env = {
                     **os.environ,
                     "KUBECONFIG": str(path),
@@ -128,6 +125,7 @@ def main() -> int:
                         samples[name].append(run())
                 results[rtt] = {name: statistics.median(values) for name, values in samples.items()}
                 connections = relay.connections
+                path.unlink()
             print(f"RTT {rtt:>3} ms: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in results[rtt].items()) + f" ({connections} connections)", flush=True)
         # The bare grpcio Check process, for the RTT 0 goal (no API server involved).
         target = f"127.0.0.1:{sandbox.server_for('test-grpc', 'agnhost').port}"
