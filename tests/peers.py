@@ -18,6 +18,8 @@ from pathlib import Path
 
 import grpc
 
+from kubectl_grpcprobe.kubelet.probe import _varint as varint  # the protobuf base-128 varint
+
 CHECK = "/grpc.health.v1.Health/Check"
 
 
@@ -32,16 +34,6 @@ class Behaviour:
     trailers_only: bool = True  # abort before any header frame (else: headers first, then the error)
     compress: bool = False  # gzip the response message
     oversized: int = 0  # bytes of an unknown field added to the response
-
-
-def varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
 
 
 def encode_response(status: int, padding: int = 0) -> bytes:
