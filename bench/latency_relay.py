@@ -93,3 +93,19 @@ class LatencyRelay:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def main() -> None:
+    """`python bench/latency_relay.py UPSTREAM_PORT DELAY_SECONDS`: serve in this process (its own GIL), print the port."""
+    import sys
+
+    relay = LatencyRelay(int(sys.argv[1]), float(sys.argv[2]))
+    print(relay.port, flush=True)
+    try:
+        sys.stdin.read()  # until the parent closes our stdin
+    finally:
+        relay.close()
+
+
+if __name__ == "__main__":
+    main()
