@@ -367,6 +367,8 @@ def probe_command(args: argparse.Namespace, env: Environment) -> int:
     fmt = "quiet" if args.quiet else args.output
     if not args.watch and (args.period or args.count or args.watch_rpc):
         raise UsageError("error: --period, --count and --watch-rpc go with --watch")
+    if args.port and args.kinds:  # it used to drop --probe without a word
+        raise UsageError("error: --probe picks the pod's own gRPC probes and --port checks a port ad hoc; use one or the other")
     if is_fleet(args.targets, args.selector, args.field_selector, args.all_namespaces):
         if args.watch:
             raise UsageError("error: --watch follows one pod; name a single pod")

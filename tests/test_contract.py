@@ -136,6 +136,12 @@ def test_text_escapes_control_bytes_from_the_peer_and_json_keeps_them(sandbox_no
     assert doc["probes"][0]["output"] == f"error: health rpc probe failed: rpc error: code = Internal desc = {details}"
 
 
+def test_port_and_probe_are_not_silently_half_obeyed(sandbox) -> None:
+    run = grpcprobe(sandbox, "test-grpc", "--port", "5000", "--probe", "liveness")
+    assert run.code == ExitCode.USAGE
+    assert run.err.splitlines()[0] == "error: --probe picks the pod's own gRPC probes and --port checks a port ad hoc; use one or the other"
+
+
 def test_printable() -> None:
     assert printable("a\tb\r\n\x07\x7f\x9b ok é") == "a\\tb\\r\\n\\x07\\x7f\\x9b ok é"
 

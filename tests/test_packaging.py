@@ -81,6 +81,14 @@ def test_installed_console_script_is_discovered(sandbox, tmp_path) -> None:
         (["test-grpc", "--wat"], ["--watch", "--watch-rpc"]),
         (["sandbox", ""], ["up"]),
         (["-o", ""], ["text", "wide", "json"]),
+        (["--field-selector", "status.phase"], ["status.phase=Running", "status.phase!=Running"]),
+        (["--par"], ["--parallel"]),
+        (["-A", "--dead"], ["--deadline"]),
+        (["--all"], ["--all-namespaces"]),
+        (["pod/te"], ["pod/test-grpc"]),
+        (["de"], ["deploy/"]),
+        (["test-grpc", "te"], []),  # a pod already named is not offered again
+        (["-l", "app=x", ""], []),  # a selector picks the pods: no names
     ],
 )
 def test_completion_through_kubectl(sandbox, words: list[str], expected: list[str]) -> None:
@@ -89,6 +97,20 @@ def test_completion_through_kubectl(sandbox, words: list[str], expected: list[st
     lines = result.stdout.splitlines()
     assert lines[-1] == ":4"
     assert lines[:-1] == expected
+
+
+def test_completion_of_label_selectors(sandbox) -> None:
+    from .helpers import container, pod_manifest
+
+    sandbox.apply(pod_manifest("web-1", [container("c")], labels={"app": "web", "tier": "front"}))
+    dirs = [ROOT / "plugin", Path(sys.executable).parent, *_system_path()]
+
+    def complete(*words: str) -> list[str]:
+        return _kubectl(["__complete", "grpcprobe", *words], dirs, sandbox).stdout.splitlines()[:-1]
+
+    assert complete("-l", "") == ["app=web", "tier=front"]
+    assert complete("-l", "app=web,") == ["app=web,tier=front"]  # the next term, without the one already there
+    assert complete("-A", "--selector", "ti") == ["tier=front"]
 
 
 def test_completion_offers_nothing_when_the_cluster_is_down(tmp_path) -> None:

@@ -22,17 +22,25 @@ VALUE_FLAGS = {
     "-n", "--namespace", "--context", "--cluster", "--user", "--kubeconfig", "-c", "--container", "--probe", "-o", "--output",
     "--port", "--service", "--timeout", "--user-agent", "--request-timeout", "--as", "--as-group", "--period", "--count",
     "--control-port", "--serving-path", "--not-serving-path", "--wait-timeout", "-f", "--filename", "--kubeconfig-out",
-    "--kubelet-speed",
+    "--kubelet-speed", "-l", "--selector", "--field-selector", "--parallel", "--deadline", "--as-uid",
 }  # fmt: skip
 PROBE_FLAGS = [
     "--container", "--probe", "--port", "--service", "--timeout", "--user-agent", "--watch", "--period", "--count",
-    "--watch-rpc", "--output", "--quiet", "--verbose", "--version", "--help",
+    "--watch-rpc", "--selector", "--field-selector", "--all-namespaces", "--parallel", "--deadline",
+    "--output", "--quiet", "--verbose", "--version", "--help",
 ]  # fmt: skip
+# TYPE/NAME as the fleet resolves them (commands.fleet.WORKLOADS), with the API path that lists each.
+WORKLOAD_LISTS = {
+    "deploy": "/apis/apps/v1/namespaces/{ns}/deployments", "rs": "/apis/apps/v1/namespaces/{ns}/replicasets",
+    "sts": "/apis/apps/v1/namespaces/{ns}/statefulsets", "ds": "/apis/apps/v1/namespaces/{ns}/daemonsets",
+    "job": "/apis/batch/v1/namespaces/{ns}/jobs", "svc": "/api/v1/namespaces/{ns}/services", "pod": "/api/v1/namespaces/{ns}/pods",
+}  # fmt: skip
+FIELD_SELECTORS = ["status.phase=Running", "status.phase!=Running", "spec.nodeName=", "metadata.name="]
 TOGGLE_FLAGS = [
     "--serving", "--not-serving", "--control-port", "--serving-path", "--not-serving-path", "--wait", "--wait-timeout",
     "--container", "--probe", "--output", "--quiet", "--verbose", "--help",
 ]  # fmt: skip
-CONNECTION_FLAGS = ["--kubeconfig", "--context", "--cluster", "--user", "--namespace", "--request-timeout", "--as", "--as-group"]
+CONNECTION_FLAGS = ["--kubeconfig", "--context", "--cluster", "--user", "--namespace", "--request-timeout", "--as", "--as-group", "--as-uid"]
 
 
 def _parse(words: Sequence[str]) -> tuple[dict[str, str], list[str], str | None]:
@@ -44,6 +52,8 @@ def _parse(words: Sequence[str]) -> tuple[dict[str, str], list[str], str | None]
         if pending:
             flags[pending] = word
             pending = None
+        elif word in ("-A", "--all-namespaces"):
+            flags["--all-namespaces"] = "true"
         elif word.startswith("-") and "=" in word:
             name, _, value = word.partition("=")
             flags[name] = value
@@ -109,6 +119,10 @@ def candidates(words: Sequence[str]) -> tuple[list[str], int]:
         from ..kubelet.resolve import containers_of
 
         return [c["name"] for c in containers_of(pod) if c["name"].startswith(current)], DIRECTIVE_NO_FILES
+    if pending == "--field-selector":
+        return [f for f in FIELD_SELECTORS if f.startswith(current)], DIRECTIVE_NO_FILES
+    if pending in ("-l", "--selector"):
+        return _label_pairs(flags, current), DIRECTIVE_NO_FILES
     if pending:
         return [], DIRECTIVE_NO_FILES
     command = positionals[0] if positionals and positionals[0] in SUBCOMMANDS else None
@@ -117,7 +131,10 @@ def candidates(words: Sequence[str]) -> tuple[list[str], int]:
         return [f for f in own + CONNECTION_FLAGS if f.startswith(current)], DIRECTIVE_NO_FILES
     if command == "sandbox":
         return (["up"] if len(positionals) == 1 and "up".startswith(current) else []), DIRECTIVE_NO_FILES
-    wants_pod = (command is None and not positionals) or (command == "toggle" and len(positionals) == 1)
+    if command is None and "/" in current:  # TYPE/NAME: the fleet takes several
+        return _typed_names(flags, current), DIRECTIVE_NO_FILES
+    selecting = "-l" in flags or "--selector" in flags or "--all-namespaces" in flags
+    wants_pod = (command is None and not selecting) or (command == "toggle" and len(positionals) == 1)
     if not wants_pod:
         return [], DIRECTIVE_NO_FILES
     client, namespace = _client(flags)
@@ -125,10 +142,39 @@ def candidates(words: Sequence[str]) -> tuple[list[str], int]:
         pods = _names(client.get(f"/api/v1/namespaces/{namespace}/pods").get("items") or [])
     finally:
         client.close()
-    out = [p for p in pods if p.startswith(current)]
-    if command is None:
+    out = [p for p in pods if p.startswith(current) and p not in positionals]
+    if command is None and not positionals:
         out += [s for s in SUBCOMMANDS if s.startswith(current) and s not in pods]
+    if command is None and current:
+        out += [f"{t}/" for t in WORKLOAD_LISTS if t != "pod" and t.startswith(current)]
     return out, DIRECTIVE_NO_FILES
+
+
+def _typed_names(flags: dict[str, str], current: str) -> list[str]:
+    kind, _, prefix = current.partition("/")
+    path = WORKLOAD_LISTS.get(kind.lower().partition(".")[0])
+    if path is None:
+        return []
+    client, namespace = _client(flags)
+    try:
+        names = _names(client.get(path.format(ns=namespace)).get("items") or [])
+    finally:
+        client.close()
+    return [f"{kind}/{n}" for n in names if n.startswith(prefix)]
+
+
+def _label_pairs(flags: dict[str, str], current: str) -> list[str]:
+    """key=value pairs of the pods' labels (every namespace with -A), for -l; after a comma, the next term."""
+    head, _, last = current.rpartition(",")
+    client, namespace = _client(flags)
+    try:
+        path = "/api/v1/pods" if "--all-namespaces" in flags else f"/api/v1/namespaces/{namespace}/pods"
+        items = client.get(path).get("items") or []
+    finally:
+        client.close()
+    pairs = sorted({f"{k}={v}" for i in items for k, v in ((i.get("metadata") or {}).get("labels") or {}).items()})
+    chosen = set(head.split(",")) if head else set()
+    return [(f"{head}," if head else "") + p for p in pairs if p.startswith(last) and p not in chosen]
 
 
 def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None) -> int:
