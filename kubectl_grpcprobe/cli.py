@@ -188,6 +188,11 @@ def probe_parser() -> Parser:
     )
     sel.add_argument("--timeout", type=_duration, metavar="DURATION", help="override the probe's timeoutSeconds (e.g. 1s, 1500ms)")
     sel.add_argument("--user-agent", metavar="UA", help="user agent to send (default: kube-probe/<cluster major.minor>)")
+    sel.add_argument(
+        "--list-services",
+        action="store_true",
+        help="list the services each probed port's server knows, through server reflection (beyond the kubelet)",
+    )
     w = parser.add_argument_group("watching (what the kubelet will decide over time)")
     w.add_argument("-w", "--watch", action="store_true", help="probe every periodSeconds and show the kubelet's decisions; Ctrl-C for a summary")
     w.add_argument("--period", type=_duration, metavar="DURATION", help="with --watch: override periodSeconds")
@@ -367,6 +372,8 @@ def probe_command(args: argparse.Namespace, env: Environment) -> int:
     fmt = "quiet" if args.quiet else args.output
     if not args.watch and (args.period or args.count or args.watch_rpc):
         raise UsageError("error: --period, --count and --watch-rpc go with --watch")
+    if args.list_services and (args.watch or is_fleet(args.targets, args.selector, args.field_selector, args.all_namespaces)):
+        raise UsageError("error: --list-services looks at one pod; name a single pod, without --watch")
     if args.port and args.kinds:  # it used to drop --probe without a word
         raise UsageError("error: --probe picks the pod's own gRPC probes and --port checks a port ad hoc; use one or the other")
     if is_fleet(args.targets, args.selector, args.field_selector, args.all_namespaces):
@@ -377,6 +384,14 @@ def probe_command(args: argparse.Namespace, env: Environment) -> int:
     client = connect(args, env)
     _import_grpc_meanwhile()  # from here the main thread mostly waits on the API server
     try:
+        if args.list_services:
+            from .commands.services import list_pod_services
+            from .render.output import render_services
+
+            rows = list_pod_services(client, client.cfg.namespace, pod, probe_options(args))
+            code = services_exit_code(rows)
+            render_services(pod, rows, fmt, env, exit_code=code)
+            return int(code)
         if args.watch:
             from .commands.watch import watch
 
@@ -397,6 +412,12 @@ def probe_command(args: argparse.Namespace, env: Environment) -> int:
     code = most_severe([r.exit_code for r in reports])
     render(reports, fmt, env, exit_code=code)
     return int(code)
+
+
+def services_exit_code(rows) -> ExitCode:  # rows: list[(port, ServiceList)]
+    """0 when every port listed its services; 2 when a server did not answer at all; 3 when it answered without a list."""
+    codes = [ExitCode.OK if found.services is not None else ExitCode.RPC_FAILED if found.reached else ExitCode.UNREACHABLE for _, found in rows]
+    return most_severe(codes)
 
 
 def _import_grpc_meanwhile() -> None:

@@ -105,6 +105,12 @@ def run_target(fwd: Any, namespace: str, name: str, ip: str, target: Target, age
     total_ms = (time.perf_counter() - t0) * 1000
     if result.outcome is Outcome.UNREACHABLE and not diagnostics:
         diagnostics.append(_why_unreachable(fwd.local_port, target))  # after the clock: a look, not the check
+    if result.code == "NotFound" and not target.tls:
+        from .services import list_services
+
+        # A typo, or a service the health server was never told about? Reflection can tell (when enabled).
+        found = list_services(f"127.0.0.1:{fwd.local_port}", authority=gostr.join_host_port(ip, target.port), timeout=1.0, user_agent=agent)
+        diagnostics.append(found.says(target.service))
     report = Report(namespace, name, ip, target, result, diagnostics=notes + diagnostics)
     if api_ms is not None:
         report.timings["api"] = api_ms

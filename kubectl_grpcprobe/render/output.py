@@ -137,6 +137,29 @@ def render(reports: list[Report], fmt: str, env: Environment, *, exit_code: int)
     _diagnostics(reports, env)
 
 
+def render_services(pod: str, rows: list[tuple[int, Any]], fmt: str, env: Environment, *, exit_code: int) -> None:
+    """--list-services: per port, the services reflection lists (ServiceList values), or why there is no list."""
+    if fmt == "quiet":
+        return
+    if fmt == "json":
+        doc = {
+            "apiVersion": SCHEMA_VERSION,
+            "kind": "ServiceList",
+            "exitCode": int(exit_code),
+            "pod": pod,
+            "ports": [{"port": port, "services": found.services, "reflection": found.protocol, "error": found.error} for port, found in rows],
+        }
+        env.stdout.write(json.dumps(doc, indent=2) + "\n")
+        return
+    for port, found in rows:
+        if found.services is None:
+            env.stderr.write(f"pod/{pod} port {port}: no service list: {printable(found.error or '')}\n")
+            continue
+        env.stdout.write(f"pod/{pod} port {port}: {plural(len(found.services), 'service')} (reflection {found.protocol})\n")
+        for name in found.services:
+            env.stdout.write(f"  {printable(name)}\n")
+
+
 def render_toggle(pod: str, port: int, answer: HttpAnswer, fmt: str, env: Environment) -> None:
     """The control endpoint's answer; in json it goes to stderr so stdout stays one document."""
     if fmt == "quiet":
