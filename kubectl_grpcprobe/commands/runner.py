@@ -56,14 +56,19 @@ def user_agent_for(client: KubeClient) -> str:
     return f"kube-probe/{version.get('major', '')}.{version.get('minor', '')}"
 
 
-def probe_pod(client: KubeClient, namespace: str, name: str, options: ProbeOptions) -> list[Report]:
-    started = time.perf_counter()
+def read_pod(client: KubeClient, namespace: str, name: str, options: ProbeOptions) -> tuple[dict[str, Any], list[Target], str]:
+    """The pod, its targets and the user agent; refuses a pod that is not Running, before any tunnel."""
     if not options.user_agent:
         client.prefetch("/version")  # for the user agent: its round trips overlap the pod's
     pod = client.get_pod(namespace, name)
     targets = resolve_for(pod, options)
     ensure_running(pod)
-    agent = options.user_agent or user_agent_for(client)
+    return pod, targets, options.user_agent or user_agent_for(client)
+
+
+def probe_pod(client: KubeClient, namespace: str, name: str, options: ProbeOptions) -> list[Report]:
+    started = time.perf_counter()
+    pod, targets, agent = read_pod(client, namespace, name, options)
     return probe_targets(client, pod, targets, agent, api_ms=(time.perf_counter() - started) * 1000)
 
 

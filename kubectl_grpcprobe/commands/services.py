@@ -14,7 +14,7 @@ from typing import Any
 from .. import stop
 from ..kube.client import KubeClient
 from ..kubelet import gostr
-from ..kubelet.probe import _read_varint
+from ..kubelet.probe import message_fields as _fields
 
 METHODS = (
     ("v1", "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
@@ -38,31 +38,6 @@ class ServiceList:
         known = ", ".join(gostr.quote(s) for s in self.services[:20]) + (" …" if len(self.services) > 20 else "")
         where = "is among them: the health service was not told about it" if service in self.services else "is not among them"
         return f"hint: server reflection lists {len(self.services)} services ({known}); {gostr.quote(service)} {where}"
-
-
-def _fields(data: bytes) -> list[tuple[int, bytes | int]]:
-    """The top-level fields of a protobuf message: (number, bytes for length-delimited, int for varints)."""
-    out: list[tuple[int, bytes | int]] = []
-    pos = 0
-    while pos < len(data):
-        key, pos = _read_varint(data, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _read_varint(data, pos)
-            out.append((number, value))
-        elif wire == 2:
-            length, pos = _read_varint(data, pos)
-            if pos + length > len(data):
-                raise ValueError("truncated message")
-            out.append((number, data[pos : pos + length]))
-            pos += length
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
-        else:
-            raise ValueError(f"unsupported wire type {wire}")
-    return out
 
 
 def decode_list(response: bytes) -> list[str]:
@@ -129,14 +104,9 @@ def _list(target: str, authority: str, timeout: float, user_agent: str) -> Servi
 def list_pod_services(client: KubeClient, namespace: str, name: str, options: Any) -> list[tuple[int, ServiceList]]:
     """(port, services) for each port the pod's gRPC probes (or --port) name, each through its own port-forward."""
     from ..kube.portforward import port_forward
-    from .runner import ensure_running, pod_ip, resolve_for, user_agent_for
+    from .runner import pod_ip, read_pod
 
-    if not options.user_agent:
-        client.prefetch("/version")
-    pod = client.get_pod(namespace, name)
-    targets = resolve_for(pod, options)
-    ensure_running(pod)
-    agent = options.user_agent or user_agent_for(client)
+    pod, targets, agent = read_pod(client, namespace, name, options)
     ip = pod_ip(pod) or "<none>"
     rows = []
     for port in sorted({t.port for t in targets}):

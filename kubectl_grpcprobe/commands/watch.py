@@ -27,7 +27,7 @@ from ..kubelet.probe import Outcome, ProbeResult
 from ..kubelet.resolve import Target
 from ..kubelet.worker import ALREADY_STARTED, ProbeWorker
 from ..render.output import Environment, WatchPrinter
-from .runner import ProbeOptions, ensure_running, pod_ip, resolve_for, run_target, user_agent_for
+from .runner import ProbeOptions, pod_ip, read_pod, run_target
 
 
 @dataclass
@@ -181,12 +181,7 @@ def watch(
 ) -> int:
     from ..kube.portforward import port_forward
 
-    if not options.user_agent:
-        client.prefetch("/version")
-    pod = client.get_pod(namespace, name)
-    targets = resolve_for(pod, options)
-    ensure_running(pod)
-    agent = options.user_agent or user_agent_for(client)
+    pod, targets, agent = read_pod(client, namespace, name, options)
     ip = pod_ip(pod) or "<none>"
     states = container_states(pod)
     printer = WatchPrinter(env, fmt, namespace, name, ip)

@@ -73,26 +73,35 @@ def encode_request(service: str) -> bytes:
 def decode_response(data: bytes) -> int:
     """The `status` field (1, varint) of a HealthCheckResponse; unknown fields skipped."""
     status = 0
+    for number, value in message_fields(data):
+        if number == 1 and isinstance(value, int):
+            status = value if value < 1 << 31 else value - (1 << 64)
+    return status
+
+
+def message_fields(data: bytes) -> list[tuple[int, bytes | int]]:
+    """The top-level fields of a protobuf message: (number, int for varints, bytes for length-delimited)."""
+    out: list[tuple[int, bytes | int]] = []
     pos = 0
     while pos < len(data):
         key, pos = _read_varint(data, pos)
-        field_number, wire_type = key >> 3, key & 7
+        number, wire_type = key >> 3, key & 7
         if wire_type == 0:
             value, pos = _read_varint(data, pos)
-            if field_number == 1:
-                status = value if value < 1 << 31 else value - (1 << 64)
-        elif wire_type == 1:
-            pos += 8
+            out.append((number, value))
         elif wire_type == 2:
             length, pos = _read_varint(data, pos)
+            if pos + length > len(data):
+                raise ValueError("truncated message")
+            out.append((number, data[pos : pos + length]))
             pos += length
-        elif wire_type == 5:
-            pos += 4
+        elif wire_type in (1, 5):
+            pos += 8 if wire_type == 1 else 4
         else:
             raise ValueError(f"unsupported wire type {wire_type}")
         if pos > len(data):
             raise ValueError("truncated message")
-    return status
+    return out
 
 
 def _varint(value: int) -> bytes:
