@@ -121,6 +121,21 @@ def _request_timeout(text: str) -> int:
     return _duration(text, zero_ok=True)  # kubectl's --request-timeout: 0 means no limit
 
 
+def _rpc_header(text: str) -> tuple[str, str]:
+    """K:V as gRPC metadata: a lowercase ASCII key, not reserved, and a printable ASCII value (no -bin keys)."""
+    import re
+
+    key, sep, value = text.partition(":")
+    key, value = key.strip().lower(), value.strip()
+    if not sep or not re.fullmatch(r"[0-9a-z_.-]+", key):
+        raise argparse.ArgumentTypeError(f"invalid header {key or text!r}: use KEY:VALUE, KEY of 0-9 a-z _ . -")
+    if key.startswith("grpc-") or key in ("user-agent", "te", "content-type") or key.endswith("-bin"):
+        raise argparse.ArgumentTypeError(f"invalid header {key!r}: reserved by gRPC (or binary)")
+    if not all(" " <= c <= "~" for c in value):
+        raise argparse.ArgumentTypeError(f"invalid header {key!r}: the value must be printable ASCII")  # never echo the value
+    return key, value
+
+
 def _kinds(text: str) -> list[str]:
     kinds = [k.strip().lower() for k in text.split(",") if k.strip()]
     for kind in kinds:
@@ -188,6 +203,11 @@ def probe_parser() -> Parser:
     )
     sel.add_argument("--timeout", type=_duration, metavar="DURATION", help="override the probe's timeoutSeconds (e.g. 1s, 1500ms)")
     sel.add_argument("--user-agent", metavar="UA", help="user agent to send (default: kube-probe/<cluster major.minor>)")
+    adhoc = parser.add_argument_group("ad hoc controls (beyond the kubelet, as grpc_health_probe's flags; the output says so)")
+    adhoc.add_argument("--connect-timeout", type=_duration, metavar="DURATION", help="the dial's own deadline (the kubelet has one over dial and RPC)")
+    adhoc.add_argument("--rpc-timeout", type=_duration, metavar="DURATION", help="the Check's own deadline, from when the dial is done")
+    adhoc.add_argument("--rpc-header", dest="rpc_headers", type=_rpc_header, action="append", default=[], metavar="K:V", help="a request header (repeatable)")
+    adhoc.add_argument("--gzip", action="store_true", help="compress the request with gzip")
     sel.add_argument(
         "--list-services",
         action="store_true",
@@ -353,8 +373,16 @@ def connect(args: argparse.Namespace, env: Environment):  # -> KubeClient, impor
 
 def probe_options(args: argparse.Namespace):
     from .commands.runner import ProbeOptions
+    from .kubelet.probe import KUBELET, Tuning
 
+    tuning = Tuning(
+        connect_timeout_ns=getattr(args, "connect_timeout", None),
+        rpc_timeout_ns=getattr(args, "rpc_timeout", None),
+        metadata=tuple(getattr(args, "rpc_headers", None) or ()),
+        gzip=getattr(args, "gzip", False),
+    )
     return ProbeOptions(
+        tuning=KUBELET if tuning == KUBELET else tuning,
         container=args.container,
         kinds=[k for group in args.kinds for k in group] if args.kinds else None,
         port=getattr(args, "port", None),

@@ -6,6 +6,7 @@ pod not running, nothing to probe).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +15,7 @@ from .. import stop
 from ..errors import PodNotRunning
 from ..kube.client import KubeClient
 from ..kubelet import gostr
-from ..kubelet.probe import Outcome, ProbeResult, check
+from ..kubelet.probe import KUBELET, Outcome, ProbeResult, Tuning, check
 from ..kubelet.report import Report
 from ..kubelet.resolve import Target, resolve
 
@@ -27,6 +28,7 @@ class ProbeOptions:
     services: list[str] | None = None
     timeout_ns: int | None = None
     user_agent: str | None = None
+    tuning: Tuning = KUBELET  # --connect-timeout, --rpc-timeout, --rpc-header, --gzip
 
 
 
@@ -73,6 +75,13 @@ def probe_pod(client: KubeClient, namespace: str, name: str, options: ProbeOptio
 
 
 def resolve_for(pod: dict[str, Any], options: ProbeOptions) -> list[Target]:
+    targets = _resolve(pod, options)
+    if options.tuning is KUBELET:
+        return targets
+    return [dataclasses.replace(t, tuning=options.tuning) for t in targets]
+
+
+def _resolve(pod: dict[str, Any], options: ProbeOptions) -> list[Target]:
     return resolve(
         pod,
         container=options.container,
@@ -134,7 +143,9 @@ def execute(fwd: Any, target: Target, ip: str, agent: str) -> tuple[ProbeResult,
 
     def run_check(port: int) -> ProbeResult:
         return stop.off_main_thread(
-            lambda: check(f"127.0.0.1:{port}", service=target.service, timeout_ns=target.timeout_ns, user_agent=agent, address=address),
+            lambda: check(
+                f"127.0.0.1:{port}", service=target.service, timeout_ns=target.timeout_ns, user_agent=agent, address=address, tuning=target.tuning
+            ),
             name="grpcprobe-check",
         )
 
@@ -148,6 +159,8 @@ def execute(fwd: Any, target: Target, ip: str, agent: str) -> tuple[ProbeResult,
         result = run_check(fwd.local_port)
         extra = []
     notes = [f"port-forward: {text}" for text in dict.fromkeys(fwd.errors[errors_before:])] + extra
+    if target.tuning is not KUBELET:
+        notes.append("note: this check differs from the kubelet's: " + "; ".join(target.tuning.differences()))
     if fwd.dropped and not result.success:
         notes.append("port-forward: the tunnel through the API server was dropped")
     return result, notes

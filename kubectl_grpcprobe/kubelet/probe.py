@@ -39,6 +39,35 @@ class Outcome(Enum):
 
 
 @dataclass(frozen=True)
+class Tuning:
+    """What an ad hoc check changes from the kubelet's, as grpc_health_probe's flags do; the default changes nothing."""
+
+    connect_timeout_ns: int | None = None  # the dial's own deadline (else: the one deadline over dial and RPC)
+    rpc_timeout_ns: int | None = None  # the RPC's own deadline, from when the dial is done
+    metadata: tuple[tuple[str, str], ...] = ()  # request headers (the kubelet sends none)
+    gzip: bool = False  # compress the request (the kubelet does not)
+
+    def differences(self) -> list[str]:
+        """How this check differs from the kubelet's, in words for the output (never header values: they may be secrets)."""
+        out = []
+        if self.connect_timeout_ns is not None or self.rpc_timeout_ns is not None:
+            parts = []
+            if self.connect_timeout_ns is not None:
+                parts.append(f"connect {gostr.duration(self.connect_timeout_ns)}")
+            if self.rpc_timeout_ns is not None:
+                parts.append(f"rpc {gostr.duration(self.rpc_timeout_ns)}")
+            out.append("separate timeouts (" + ", ".join(parts) + ")")
+        if self.metadata:
+            out.append("request headers " + ", ".join(sorted({k for k, _ in self.metadata})))
+        if self.gzip:
+            out.append("a gzip-compressed request")
+        return out
+
+
+KUBELET = Tuning()
+
+
+@dataclass(frozen=True)
 class ProbeResult:
     outcome: Outcome
     output: str  # the kubelet's probe output, byte for byte
@@ -143,6 +172,7 @@ def check(
     timeout_ns: int,
     user_agent: str,
     address: str | None = None,
+    tuning: Tuning = KUBELET,
 ) -> ProbeResult:
     """One probe execution against `target` (host:port grpcio dials).
 
@@ -154,6 +184,8 @@ def check(
     address = address or target
     timeout = gostr.duration(timeout_ns)
     deadline = time.monotonic() + timeout_ns / 1e9
+    if tuning is not KUBELET:
+        return _tuned_check(target, service=service, timeout_ns=timeout_ns, user_agent=user_agent, address=address, tuning=tuning)
     options = [
         ("grpc.primary_user_agent", user_agent),
         ("grpc.default_authority", address),
@@ -210,27 +242,73 @@ def _check(channel, started: float, deadline: float, *, service: str, timeout: s
                 if time.monotonic() >= deadline:
                     return never_ready
                 continue
-            rpc_ms = (time.perf_counter() - connected) * 1000
-            details = _as_grpc_go_says(code, details)
-            name = gostr.grpc_code_name(code.value[0])
-            if code is grpc.StatusCode.UNIMPLEMENTED:
-                output = f"error: this server does not implement the grpc health protocol (grpc.health.v1.Health): {details}"
-            elif code is grpc.StatusCode.DEADLINE_EXCEEDED:
-                output = f"timeout: health rpc did not complete within {timeout}"
-            else:
-                output = f"error: health rpc probe failed: rpc error: code = {name} desc = {details}"
-            return ProbeResult(Outcome.RPC_FAILED, output, code=name, connect_ms=connect_ms, rpc_ms=rpc_ms)
-    rpc_ms = (time.perf_counter() - connected) * 1000
+            return _rpc_failed(err, timeout, connect_ms, (time.perf_counter() - connected) * 1000)
+    return _answered(value, connect_ms, (time.perf_counter() - connected) * 1000)
+
+
+def _rpc_failed(err, rpc_timeout: str, connect_ms: float, rpc_ms: float) -> ProbeResult:  # err: grpc.RpcError
+    """A failed Check in the kubelet's words (grpc.go: Unimplemented, DeadlineExceeded, anything else)."""
+    import grpc
+
+    code = err.code()
+    details = _as_grpc_go_says(code, err.details() or "")
+    name = gostr.grpc_code_name(code.value[0])
+    if code is grpc.StatusCode.UNIMPLEMENTED:
+        output = f"error: this server does not implement the grpc health protocol (grpc.health.v1.Health): {details}"
+    elif code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        output = f"timeout: health rpc did not complete within {rpc_timeout}"
+    else:
+        output = f"error: health rpc probe failed: rpc error: code = {name} desc = {details}"
+    return ProbeResult(Outcome.RPC_FAILED, output, code=name, connect_ms=connect_ms, rpc_ms=rpc_ms)
+
+
+def _answered(value: int, connect_ms: float, rpc_ms: float) -> ProbeResult:
     status = status_name(value)
     if status != "SERVING":
         return ProbeResult(
-            Outcome.UNHEALTHY,
-            f"service unhealthy (responded with {gostr.quote(status)})",
-            status=status,
-            connect_ms=connect_ms,
-            rpc_ms=rpc_ms,
+            Outcome.UNHEALTHY, f"service unhealthy (responded with {gostr.quote(status)})", status=status, connect_ms=connect_ms, rpc_ms=rpc_ms
         )
     return ProbeResult(Outcome.HEALTHY, "service healthy", status=status, connect_ms=connect_ms, rpc_ms=rpc_ms)
+
+
+def _tuned_check(target: str, *, service: str, timeout_ns: int, user_agent: str, address: str, tuning: Tuning) -> ProbeResult:
+    """An ad hoc check with grpc_health_probe's controls: its own connect and RPC deadlines, headers, gzip.
+
+    The words are the kubelet's, with the deadline that ran out in them."""
+    import grpc
+
+    connect_ns = tuning.connect_timeout_ns if tuning.connect_timeout_ns is not None else timeout_ns
+    rpc_ns = tuning.rpc_timeout_ns if tuning.rpc_timeout_ns is not None else timeout_ns
+    options = [
+        ("grpc.primary_user_agent", user_agent),
+        ("grpc.default_authority", address),
+        ("grpc.use_local_subchannel_pool", 1),
+        ("grpc.enable_retries", 0),
+        ("grpc.enable_http_proxy", 0),
+    ]
+    started = time.perf_counter()
+    channel = grpc.insecure_channel(target, options=options)
+    try:
+        if not _wait_until_ready(channel, time.monotonic() + connect_ns / 1e9):
+            result = ProbeResult(
+                Outcome.UNREACHABLE,
+                f"timeout: failed to connect service {gostr.quote(address)} within {gostr.duration(connect_ns)}: context deadline exceeded",
+            )
+        else:
+            connected = time.perf_counter()
+            rpc = channel.unary_unary(CHECK_METHOD, request_serializer=encode_request, response_deserializer=decode_response)
+            compression = grpc.Compression.Gzip if tuning.gzip else None
+            try:
+                with stop.on_stop(channel.close):
+                    value = rpc(service, timeout=rpc_ns / 1e9, metadata=tuning.metadata, compression=compression)
+            except grpc.RpcError as err:
+                stop.check()
+                result = _rpc_failed(err, gostr.duration(rpc_ns), (connected - started) * 1000, (time.perf_counter() - connected) * 1000)
+            else:
+                result = _answered(value, (connected - started) * 1000, (time.perf_counter() - connected) * 1000)
+        return dataclasses.replace(result, elapsed_ms=(time.perf_counter() - started) * 1000)
+    finally:
+        channel.close()
 
 
 _TOO_LARGE = re.compile(r"(?:Stream removed \(CLIENT: )?Received message larger than max \((\d+) vs\. (\d+)\)\)?")

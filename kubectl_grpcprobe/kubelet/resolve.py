@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import NothingToProbe, UsageError
+from .probe import KUBELET, Tuning
 
 KINDS = ("startup", "liveness", "readiness")  # the kubelet's gating order
 FIELD = {"readiness": "readinessProbe", "liveness": "livenessProbe", "startup": "startupProbe"}
@@ -22,6 +23,7 @@ class Target:
     timeout_ns: int
     tls: bool = False
     settings: dict[str, int] = field(default_factory=dict, compare=False)  # period, thresholds, delay
+    tuning: Tuning = field(default=KUBELET, compare=False)  # ad hoc controls beyond the kubelet (none by default)
 
     @property
     def event_word(self) -> str:

@@ -83,6 +83,7 @@ def report_dict(r: Report) -> dict[str, object]:
         "exitCode": int(r.exit_code),
         "timings": {f"{k}Ms": round(v, 3) for k, v in r.timings.items()},
         "diagnostics": list(r.diagnostics),
+        "differsFromKubelet": r.target.tuning.differences(),  # empty: exactly the kubelet's check
     }
 
 
