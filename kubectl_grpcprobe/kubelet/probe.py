@@ -165,6 +165,19 @@ def status_name(value: int) -> str:
 # -- the check --------------------------------------------------------------------------------
 
 
+def channel_options(user_agent: str, address: str) -> list[tuple[str, object]]:
+    """grpcio channel options for the kubelet's dial."""
+    return [
+        ("grpc.primary_user_agent", user_agent),
+        ("grpc.default_authority", address),
+        # A fresh connection per probe: no subchannel sharing with other channels in this process.
+        ("grpc.use_local_subchannel_pool", 1),
+        ("grpc.enable_retries", 0),
+        # The kubelet's probe dialer ignores proxy variables; grpcio would honour them.
+        ("grpc.enable_http_proxy", 0),
+    ]
+
+
 def check(
     target: str,
     *,
@@ -186,17 +199,8 @@ def check(
     deadline = time.monotonic() + timeout_ns / 1e9
     if tuning is not KUBELET:
         return _tuned_check(target, service=service, timeout_ns=timeout_ns, user_agent=user_agent, address=address, tuning=tuning)
-    options = [
-        ("grpc.primary_user_agent", user_agent),
-        ("grpc.default_authority", address),
-        # A fresh connection per probe: no subchannel sharing with other channels in this process.
-        ("grpc.use_local_subchannel_pool", 1),
-        ("grpc.enable_retries", 0),
-        # The kubelet's probe dialer ignores proxy variables; grpcio would honour them.
-        ("grpc.enable_http_proxy", 0),
-    ]
     started = time.perf_counter()
-    channel = grpc.insecure_channel(target, options=options)
+    channel = grpc.insecure_channel(target, options=channel_options(user_agent, address))
     try:
         result = _check(channel, started, deadline, service=service, timeout=timeout, address=address)
         return dataclasses.replace(result, elapsed_ms=(time.perf_counter() - started) * 1000)
@@ -279,15 +283,8 @@ def _tuned_check(target: str, *, service: str, timeout_ns: int, user_agent: str,
 
     connect_ns = tuning.connect_timeout_ns if tuning.connect_timeout_ns is not None else timeout_ns
     rpc_ns = tuning.rpc_timeout_ns if tuning.rpc_timeout_ns is not None else timeout_ns
-    options = [
-        ("grpc.primary_user_agent", user_agent),
-        ("grpc.default_authority", address),
-        ("grpc.use_local_subchannel_pool", 1),
-        ("grpc.enable_retries", 0),
-        ("grpc.enable_http_proxy", 0),
-    ]
     started = time.perf_counter()
-    channel = grpc.insecure_channel(target, options=options)
+    channel = grpc.insecure_channel(target, options=channel_options(user_agent, address))
     try:
         if not _wait_until_ready(channel, time.monotonic() + connect_ns / 1e9):
             result = ProbeResult(
