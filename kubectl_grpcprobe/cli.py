@@ -21,8 +21,10 @@ exit codes:
   3    the Check RPC failed: Unimplemented, NotFound (unknown service), deadline, other codes
   4    the server answered, but not SERVING
   130  interrupted (Ctrl-C)
+  141  stdout's reader went away (as kubectl), whatever the verdict
   143  terminated (SIGTERM)
   With several probes the most severe wins, in the order 1, 2, 3, 4, 0.
+  With -o json the document's exitCode is the exit status; errors are a document (kind Error) too.
 
 A pod named like a subcommand (sandbox, toggle) is reached as pod/NAME.
 """

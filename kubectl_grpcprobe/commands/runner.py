@@ -75,14 +75,7 @@ def probe_pod(client: KubeClient, namespace: str, name: str, options: ProbeOptio
 
 
 def resolve_for(pod: dict[str, Any], options: ProbeOptions) -> list[Target]:
-    targets = _resolve(pod, options)
-    if options.tuning is KUBELET:
-        return targets
-    return [dataclasses.replace(t, tuning=options.tuning) for t in targets]
-
-
-def _resolve(pod: dict[str, Any], options: ProbeOptions) -> list[Target]:
-    return resolve(
+    targets = resolve(
         pod,
         container=options.container,
         kinds=options.kinds,
@@ -90,6 +83,9 @@ def _resolve(pod: dict[str, Any], options: ProbeOptions) -> list[Target]:
         services=options.services,
         timeout_ns=options.timeout_ns,
     )
+    if options.tuning is KUBELET:
+        return targets
+    return [dataclasses.replace(t, tuning=options.tuning) for t in targets]
 
 
 def probe_targets(

@@ -14,7 +14,7 @@ from typing import Any
 from .. import stop
 from ..kube.client import KubeClient
 from ..kubelet import gostr
-from ..kubelet.probe import message_fields as _fields
+from ..kubelet.probe import message_fields
 
 METHODS = (
     ("v1", "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
@@ -43,14 +43,14 @@ class ServiceList:
 def decode_list(response: bytes) -> list[str]:
     """ServerReflectionResponse -> the names of list_services_response (field 6); error_response (7) raises."""
     names: list[str] = []
-    for number, value in _fields(response):
+    for number, value in message_fields(response):
         if number == 7 and isinstance(value, bytes):
-            message = next((v for n, v in _fields(value) if n == 2 and isinstance(v, bytes)), b"")
+            message = next((v for n, v in message_fields(value) if n == 2 and isinstance(v, bytes)), b"")
             raise ValueError(message.decode("utf-8", "replace") or "the server answered with an error")
         if number == 6 and isinstance(value, bytes):
-            for inner, service in _fields(value):
+            for inner, service in message_fields(value):
                 if inner == 1 and isinstance(service, bytes):
-                    name = next((v for n, v in _fields(service) if n == 1 and isinstance(v, bytes)), b"")
+                    name = next((v for n, v in message_fields(service) if n == 1 and isinstance(v, bytes)), b"")
                     names.append(name.decode("utf-8", "replace"))
                     if len(names) >= MAX_SERVICES:
                         return sorted(names)

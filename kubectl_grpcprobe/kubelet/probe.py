@@ -190,32 +190,38 @@ def check(
     """One probe execution against `target` (host:port grpcio dials).
 
     `address` is what the kubelet would have dialled (podIP:port) and is what messages show;
-    it also becomes the HTTP/2 :authority, as the kubelet's would be.
+    it also becomes the HTTP/2 :authority, as the kubelet's would be. `tuning` (ad hoc controls) may give
+    the dial and the RPC deadlines of their own, headers and gzip; by default it changes nothing.
     """
     import grpc
 
     address = address or target
-    timeout = gostr.duration(timeout_ns)
-    deadline = time.monotonic() + timeout_ns / 1e9
-    if tuning is not KUBELET:
-        return _tuned_check(target, service=service, timeout_ns=timeout_ns, user_agent=user_agent, address=address, tuning=tuning)
+    separate = tuning.connect_timeout_ns is not None or tuning.rpc_timeout_ns is not None
+    connect_ns = tuning.connect_timeout_ns if tuning.connect_timeout_ns is not None else timeout_ns
+    rpc_ns = (tuning.rpc_timeout_ns if tuning.rpc_timeout_ns is not None else timeout_ns) if separate else None
+    deadline = time.monotonic() + connect_ns / 1e9
     started = time.perf_counter()
     channel = grpc.insecure_channel(target, options=channel_options(user_agent, address))
     try:
-        result = _check(channel, started, deadline, service=service, timeout=timeout, address=address)
+        result = _check(channel, started, deadline, service=service, address=address, connect_ns=connect_ns, rpc_ns=rpc_ns,
+                        rpc_text=gostr.duration(rpc_ns if rpc_ns is not None else timeout_ns), tuning=tuning)  # fmt: skip
         return dataclasses.replace(result, elapsed_ms=(time.perf_counter() - started) * 1000)
     finally:
         channel.close()
 
 
-def _check(channel, started: float, deadline: float, *, service: str, timeout: str, address: str) -> ProbeResult:  # channel: grpc.Channel
-    """The dial and the RPC under one deadline, as grpc.go's Probe: the verdict, without the elapsed time."""
+def _check(
+    channel, started: float, deadline: float, *, service: str, address: str, connect_ns: int, rpc_ns: int | None, rpc_text: str, tuning: Tuning
+) -> ProbeResult:  # channel: grpc.Channel
+    """The dial, then the RPC, as grpc.go's Probe: one deadline over both (rpc_ns None), or the RPC's own from
+    when the dial is done. The verdict, without the elapsed time."""
     import grpc
 
     rpc = channel.unary_unary(CHECK_METHOD, request_serializer=encode_request, response_deserializer=decode_response)
+    compression = grpc.Compression.Gzip if tuning.gzip else None
     never_ready = ProbeResult(
         Outcome.UNREACHABLE,
-        f"timeout: failed to connect service {gostr.quote(address)} within {timeout}: context deadline exceeded",
+        f"timeout: failed to connect service {gostr.quote(address)} within {gostr.duration(connect_ns)}: context deadline exceeded",
     )
     gone_away = False  # a connection ended by GOAWAY with the server's SETTINGS: never ready, for grpc-go
     while True:
@@ -223,17 +229,17 @@ def _check(channel, started: float, deadline: float, *, service: str, timeout: s
             return never_ready
         connected = time.perf_counter()
         connect_ms = (connected - started) * 1000
-        remaining = deadline - time.monotonic()
+        remaining = rpc_ns / 1e9 if rpc_ns is not None else deadline - time.monotonic()
         if remaining <= 0 and gone_away:
             return never_ready
         if remaining <= 0:  # the dial used the whole deadline: the RPC cannot start in time
             return ProbeResult(
-                Outcome.RPC_FAILED, f"timeout: health rpc did not complete within {timeout}", code="DeadlineExceeded", connect_ms=connect_ms
+                Outcome.RPC_FAILED, f"timeout: health rpc did not complete within {rpc_text}", code="DeadlineExceeded", connect_ms=connect_ms
             )
         try:
             # A stop closes the channel from the stopping thread, which cancels this call at once.
             with stop.on_stop(channel.close):
-                value = rpc(service, timeout=remaining, metadata=())
+                value = rpc(service, timeout=remaining, metadata=tuning.metadata, compression=compression)
             break
         except grpc.RpcError as err:
             stop.check()  # cancelled by a stop: not a verdict
@@ -246,7 +252,7 @@ def _check(channel, started: float, deadline: float, *, service: str, timeout: s
                 if time.monotonic() >= deadline:
                     return never_ready
                 continue
-            return _rpc_failed(err, timeout, connect_ms, (time.perf_counter() - connected) * 1000)
+            return _rpc_failed(err, rpc_text, connect_ms, (time.perf_counter() - connected) * 1000)
     return _answered(value, connect_ms, (time.perf_counter() - connected) * 1000)
 
 
@@ -273,39 +279,6 @@ def _answered(value: int, connect_ms: float, rpc_ms: float) -> ProbeResult:
             Outcome.UNHEALTHY, f"service unhealthy (responded with {gostr.quote(status)})", status=status, connect_ms=connect_ms, rpc_ms=rpc_ms
         )
     return ProbeResult(Outcome.HEALTHY, "service healthy", status=status, connect_ms=connect_ms, rpc_ms=rpc_ms)
-
-
-def _tuned_check(target: str, *, service: str, timeout_ns: int, user_agent: str, address: str, tuning: Tuning) -> ProbeResult:
-    """An ad hoc check with grpc_health_probe's controls: its own connect and RPC deadlines, headers, gzip.
-
-    The words are the kubelet's, with the deadline that ran out in them."""
-    import grpc
-
-    connect_ns = tuning.connect_timeout_ns if tuning.connect_timeout_ns is not None else timeout_ns
-    rpc_ns = tuning.rpc_timeout_ns if tuning.rpc_timeout_ns is not None else timeout_ns
-    started = time.perf_counter()
-    channel = grpc.insecure_channel(target, options=channel_options(user_agent, address))
-    try:
-        if not _wait_until_ready(channel, time.monotonic() + connect_ns / 1e9):
-            result = ProbeResult(
-                Outcome.UNREACHABLE,
-                f"timeout: failed to connect service {gostr.quote(address)} within {gostr.duration(connect_ns)}: context deadline exceeded",
-            )
-        else:
-            connected = time.perf_counter()
-            rpc = channel.unary_unary(CHECK_METHOD, request_serializer=encode_request, response_deserializer=decode_response)
-            compression = grpc.Compression.Gzip if tuning.gzip else None
-            try:
-                with stop.on_stop(channel.close):
-                    value = rpc(service, timeout=rpc_ns / 1e9, metadata=tuning.metadata, compression=compression)
-            except grpc.RpcError as err:
-                stop.check()
-                result = _rpc_failed(err, gostr.duration(rpc_ns), (connected - started) * 1000, (time.perf_counter() - connected) * 1000)
-            else:
-                result = _answered(value, (connected - started) * 1000, (time.perf_counter() - connected) * 1000)
-        return dataclasses.replace(result, elapsed_ms=(time.perf_counter() - started) * 1000)
-    finally:
-        channel.close()
 
 
 _TOO_LARGE = re.compile(r"(?:Stream removed \(CLIENT: )?Received message larger than max \((\d+) vs\. (\d+)\)\)?")

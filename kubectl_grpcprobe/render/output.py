@@ -87,18 +87,18 @@ def report_dict(r: Report) -> dict[str, object]:
     }
 
 
+def _document(env: Environment, kind: str, exit_code: int, **body: object) -> None:
+    """One JSON document on stdout: the schema's header, then the kind's own fields (the order the README shows)."""
+    doc = {"apiVersion": SCHEMA_VERSION, "kind": kind, "exitCode": int(exit_code), **body}
+    env.stdout.write(json.dumps(doc, indent=2) + "\n")
+
+
 def render(reports: list[Report], fmt: str, env: Environment, *, exit_code: int) -> None:
     """One pod's reports; `exit_code` is the status the process exits with, and JSON says exactly that."""
     if fmt == "quiet":
         return
     if fmt == "json":
-        doc = {
-            "apiVersion": SCHEMA_VERSION,
-            "kind": "ProbeReport",
-            "exitCode": int(exit_code),
-            "probes": [report_dict(r) for r in reports],
-        }
-        env.stdout.write(json.dumps(doc, indent=2) + "\n")
+        _document(env, "ProbeReport", exit_code, probes=[report_dict(r) for r in reports])
         return
     if fmt == "wide":
         header = ["POD", "CONTAINER", "PROBE", "TARGET", "SERVICE", "TIMEOUT", "RESULT", "API", "TUNNEL", "CONNECT", "RPC", "OUTPUT"]
@@ -143,14 +143,8 @@ def render_services(pod: str, rows: list[tuple[int, Any]], fmt: str, env: Enviro
     if fmt == "quiet":
         return
     if fmt == "json":
-        doc = {
-            "apiVersion": SCHEMA_VERSION,
-            "kind": "ServiceList",
-            "exitCode": int(exit_code),
-            "pod": pod,
-            "ports": [{"port": port, "services": found.services, "reflection": found.protocol, "error": found.error} for port, found in rows],
-        }
-        env.stdout.write(json.dumps(doc, indent=2) + "\n")
+        ports = [{"port": port, "services": found.services, "reflection": found.protocol, "error": found.error} for port, found in rows]
+        _document(env, "ServiceList", exit_code, pod=pod, ports=ports)
         return
     for port, found in rows:
         if found.services is None:
@@ -193,8 +187,7 @@ def render_error(env: Environment, message: str, exit_code: int, *, as_json: boo
     env.stderr.write("\n".join(printable(part) for part in line.split("\n")) if usage else printable(line))
     env.stderr.write("\n")
     if as_json:
-        doc = {"apiVersion": SCHEMA_VERSION, "kind": "Error", "exitCode": int(exit_code), "message": line.removeprefix("error: ")}
-        env.stdout.write(json.dumps(doc, indent=2) + "\n")
+        _document(env, "Error", exit_code, message=line.removeprefix("error: "))
 
 
 class WatchPrinter:
@@ -364,18 +357,11 @@ def render_fleet(
     outcomes = sorted(outcomes, key=lambda o: (o.namespace, o.pod))  # json keeps these orders too
     summary = fleet_summary(reports, outcomes, stopped)
     if fmt == "json":
-        doc = {
-            "apiVersion": SCHEMA_VERSION,
-            "kind": "ProbeReport",
-            "exitCode": int(exit_code),
-            "probes": [report_dict(r) for r in reports],
-            "pods": [
-                {"namespace": o.namespace, "pod": o.pod, "message": o.message, "exitCode": int(o.exit_code), "skipped": o.skipped}
-                for o in outcomes
-            ],
-            "summary": summary,
-        }
-        env.stdout.write(json.dumps(doc, indent=2) + "\n")
+        pods = [
+            {"namespace": o.namespace, "pod": o.pod, "message": o.message, "exitCode": int(o.exit_code), "skipped": o.skipped}
+            for o in outcomes
+        ]
+        _document(env, "ProbeReport", exit_code, probes=[report_dict(r) for r in reports], pods=pods, summary=summary)
         return
     from ..kubelet.gostr import duration, quote
 
