@@ -193,7 +193,7 @@ def probe_parser() -> Parser:
     fleet.add_argument("--field-selector", help="field selector, as kubectl (e.g. status.phase=Running)")
     fleet.add_argument("-A", "--all-namespaces", action="store_true", help="select pods in every namespace")
     fleet.add_argument("--parallel", type=_positive, default=16, metavar="N", help="pods probed at once (default 16)")
-    fleet.add_argument("--deadline", type=_duration, metavar="DURATION", help="overall time limit; pods not reached by then are reported")
+    fleet.add_argument("--deadline", type=_duration, metavar="DURATION", help="overall time limit, tunnels and checks in flight included; pods not done by then are reported as deadline exceeded")
     sel = add_selection_flags(parser)
     sel.add_argument("--port", type=_port, help="check this port directly (ad hoc; beyond the pod's own probes)")
     sel.add_argument(
@@ -216,9 +216,9 @@ def probe_parser() -> Parser:
         help="list the services each probed port's server knows, through server reflection (beyond the kubelet)",
     )
     w = parser.add_argument_group("watching (what the kubelet will decide over time)")
-    w.add_argument("-w", "--watch", action="store_true", help="probe every periodSeconds and show the kubelet's decisions; Ctrl-C for a summary")
+    w.add_argument("-w", "--watch", action="store_true", help="probe every periodSeconds and show the kubelet's decisions, following the pod (a deletion ends it, exit 2); Ctrl-C for a summary")
     w.add_argument("--period", type=_duration, metavar="DURATION", help="with --watch: override periodSeconds")
-    w.add_argument("--count", type=_positive, metavar="N", help="with --watch: stop after N executions of each probe")
+    w.add_argument("--count", type=_positive, metavar="N", help="with --watch: stop after N periods of each probe (periods in which it cannot run count; with --watch-rpc, updates or quiet periods)")
     w.add_argument("--watch-rpc", action="store_true", help="with --watch: stream Health/Watch (beyond the kubelet); falls back to polling on Unimplemented")
     add_output_flags(parser)
     parser.add_argument("--version", action="version", version=f"kubectl-grpcprobe {__version__}")

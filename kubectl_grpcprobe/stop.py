@@ -166,7 +166,10 @@ def spawn(target: Callable[[], None], *, name: str) -> threading.Thread:
 
 
 def wait(event: threading.Event, timeout: float | None = None) -> bool:
-    """Event.wait for the main thread: in slices, so that a pending signal is acted on within WAIT_SLICE."""
+    """Event.wait for the main thread: in slices, so that a pending signal is acted on within WAIT_SLICE.
+
+    Once a signal's exception has come out of it, do not wait on that Event (or any lock-based object it was
+    waiting in) again: the exception may have left its lock held."""
     end = None if timeout is None else time.monotonic() + timeout
     while True:
         left = WAIT_SLICE if end is None else min(WAIT_SLICE, end - time.monotonic())
@@ -199,14 +202,16 @@ def off_main_thread(work: Callable[[], T], *, name: str, grace: float = 0.8) -> 
         finally:
             done.set()
 
-    spawn(target, name=name)
+    helper = spawn(target, name=name)
     try:
         wait(done)
     except BaseException as exc:
         own = _current.get()
         if own is not None:
             own.stop(reason_for(exc))
-        done.wait(grace)
+        # Not done.wait(): an exception raised inside Condition.wait can leave that Event's lock held, and a second
+        # wait on it would then block for ever. join() waits on another lock.
+        helper.join(grace)
         raise
     if "error" in box:
         raise box["error"]

@@ -8,6 +8,7 @@ run. Every pod ends as reports or as a PodOutcome saying why it was not probed.
 from __future__ import annotations
 
 import queue
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -158,7 +159,10 @@ def probe_fleet(
     end = started + deadline_s if deadline_s else None
     run = FleetRun([], [])
     queue_in: queue.Queue[dict[str, Any]] = queue.Queue()
-    results: queue.Queue[tuple[tuple[str, str], Any, float]] = queue.Queue()
+    # Workers append (atomic under the GIL) and set `arrived`. No lock the main thread waits in is read again after a
+    # signal's exception came out of it (it may have been left held): after Ctrl-C, only the list is read.
+    finished: list[tuple[tuple[str, str], Any, float]] = []
+    arrived = threading.Event()
     waiting: dict[tuple[str, str], tuple[dict[str, Any], list[Target]]] = {}
     for pod in pods:
         meta = pod["metadata"]
@@ -194,25 +198,23 @@ def probe_fleet(
                 return
             except BaseException as exc:  # a bug: shown as the pod's error, never a hang
                 got = exc
-            results.put((key, got, time.monotonic()))
+            finished.append((key, got, time.monotonic()))
+            arrived.set()
 
     probed = len(waiting)
     with stop.scope() as own:
         threads = [stop.spawn(worker, name=f"grpcprobe-fleet-{i}") for i in range(min(max(1, parallel), len(waiting)))]
-        try:
-            while waiting:
-                timeout = None if end is None else end - time.monotonic()
-                if timeout is not None and timeout <= 0:
-                    run.stopped = stop.DEADLINE
-                    break
-                try:  # in slices: a signal is acted on only when the main thread's wait returns
-                    key, got, finished = results.get(timeout=stop.WAIT_SLICE if timeout is None else min(timeout, stop.WAIT_SLICE))
-                except queue.Empty:
-                    continue
-                if end is not None and finished > end:  # done, but after the deadline: not a result
-                    run.stopped = stop.DEADLINE
-                    break
-                waiting.pop(key)
+        seen = 0
+
+        def take(until: float | None) -> bool:
+            """Results that arrived, done by `until`; False at the first one done after it (the deadline passed)."""
+            nonlocal seen
+            while seen < len(finished):
+                key, got, done_at = finished[seen]
+                seen += 1
+                if until is not None and done_at > until:
+                    return False
+                waiting.pop(key, None)
                 if isinstance(got, BaseException):
                     run.outcomes.append(PodOutcome(key[0], key[1], f"error: {got!r}", ExitCode.UNREACHABLE))
                 else:
@@ -220,21 +222,23 @@ def probe_fleet(
                     run.outcomes += got[1]
                 if progress:
                     progress(probed - len(waiting), probed)
+            return True
+
+        try:
+            while waiting:
+                timeout = None if end is None else end - time.monotonic()
+                if timeout is not None and timeout <= 0:
+                    run.stopped = stop.DEADLINE
+                    break
+                if stop.wait(arrived, timeout):  # in slices: a signal is acted on only when the main thread's wait returns
+                    arrived.clear()
+                if not take(end):
+                    run.stopped = stop.DEADLINE  # done, but after the deadline: not a result
+                    break
         except (KeyboardInterrupt, Terminated) as exc:
             run.stopped, run.stopped_by = stop.reason_for(exc), exc
         if run.stopped:
-            stopped_at = end if run.stopped == stop.DEADLINE else time.monotonic()
-            while True:  # what finished before the stop counts; anything later was cut short by it
-                try:
-                    key, got, finished = results.get_nowait()
-                except queue.Empty:
-                    break
-                if stopped_at is not None and finished > stopped_at:
-                    continue
-                waiting.pop(key, None)
-                if not isinstance(got, BaseException):
-                    run.reports += got[0]
-                    run.outcomes += got[1]
+            take(end if run.stopped == stop.DEADLINE else time.monotonic())  # what finished before the stop counts
             own.stop(run.stopped)
             grace_end = time.monotonic() + 0.5
             for thread in threads:  # the stop's closers make this quick; bounded all the same

@@ -161,7 +161,14 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     import yaml
 
     try:
-        text = path.read_text()
+        if path.is_file():
+            text = path.read_text()
+        else:
+            # A FIFO or a device may block for ever, and a signal that lands just before the read() starts is
+            # only acted on when it returns: read it in a helper, so the main thread waits in slices.
+            from .. import stop
+
+            text = stop.off_main_thread(path.read_text, name="grpcprobe-kubeconfig")
     except OSError as exc:
         raise ConfigError(f'error: cannot read kubeconfig "{path}": {exc.strerror}') from None
     try:
