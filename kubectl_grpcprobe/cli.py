@@ -173,7 +173,7 @@ def probe_parser() -> Parser:
             "kubectl grpcprobe [flags] POD\n"
             "       kubectl grpcprobe [flags] (POD | TYPE/NAME)... | -l SELECTOR | -A\n"
             "       kubectl grpcprobe toggle POD --serving|--not-serving [flags]\n"
-            "       kubectl grpcprobe sandbox up [-f MANIFEST] [--kubeconfig-out PATH]"
+            "       kubectl grpcprobe sandbox up [--real] [-f MANIFEST] [--kubeconfig-out PATH]"
         ),
         description=(
             "Run a pod's gRPC probes exactly as the kubelet does - same service, user agent, single deadline, "
@@ -295,6 +295,11 @@ def sandbox_parser() -> Parser:
         help="run the sandbox kubelet's probe periods N times faster (timeouts unchanged; default 1)",
     )
     up.add_argument("--no-kubelet", action="store_true", help="do not run pods' probes (pods are Ready at once)")
+    up.add_argument(
+        "--real",
+        action="store_true",
+        help="run the real kube-apiserver, etcd, scheduler and controller-manager (built by `make k8s`) with two sandbox nodes",
+    )
     return parser
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -72,3 +73,41 @@ def sandbox_no_kubelet() -> Iterator[Sandbox]:
     """A sandbox whose kubelet probes nothing: servers see only the traffic a test makes."""
     with Sandbox([BLOG_MANIFEST], kubelet=False) as sb:
         yield sb
+
+
+# -- the real control plane (tests/test_real_control_plane.py, tests/test_fidelity.py) -----------------
+
+try:
+    from kubectl_grpcprobe.sandbox.controlplane import ComponentsMissing, find_binaries
+
+    find_binaries(("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "agnhost"))
+    REAL_MISSING = ""
+except ComponentsMissing as exc:
+    REAL_MISSING = str(exc)
+    if os.environ.get("GRPCPROBE_REQUIRE_REAL"):  # CI builds them: a skip there would hide a broken build
+        raise
+
+REAL_SPEED = 0.25  # probe periods 4x faster (timeouts unchanged), as `sandbox up --kubelet-speed 4`
+
+
+@pytest.fixture(scope="session")
+def real(tmp_path_factory) -> Iterator[Any]:
+    """One real control plane with two sandbox nodes for the session, the blog's pod Ready on it."""
+    import subprocess
+
+    from kubectl_grpcprobe.sandbox.real import RealSandbox
+
+    logs = tmp_path_factory.mktemp("real-logs")
+    sandbox = RealSandbox([BLOG_MANIFEST], kubelet_time_scale=REAL_SPEED, log_dir=str(logs))
+    sandbox.start()
+    try:
+        sandbox.wait_ready("test-grpc")
+        yield sandbox
+        sandbox.check_alive()
+    finally:
+        sandbox.stop()
+    from kubectl_grpcprobe.sandbox.controlplane import bin_dir
+
+    for pattern in ("grpcprobe-real-", str(bin_dir() / "agnhost")):  # the components, and the pods' agnhost processes
+        leftovers = subprocess.run(["pgrep", "-af", pattern], capture_output=True, text=True).stdout
+        assert not leftovers.strip(), f"processes left running: {leftovers}"

@@ -237,3 +237,50 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def official_client_check(core_api: Any, pod: str, port: int, namespace: str = "default") -> int:
+    """A Check through kubernetes.stream.portforward's socket, bridged to a local listener that grpcio dials."""
+    import select
+    import socket
+
+    from kubernetes.stream import portforward
+
+    pf = portforward(core_api.connect_get_namespaced_pod_portforward, pod, namespace, ports=str(port))
+    remote = pf.socket(port)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    done = threading.Event()
+
+    def bridge() -> None:
+        local, _ = listener.accept()
+        try:
+            while not done.is_set():
+                readable, _, _ = select.select([local, remote], [], [], 0.1)
+                for sock in readable:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    (remote if sock is local else local).sendall(data)
+        finally:
+            local.close()
+
+    thread = threading.Thread(target=bridge)
+    thread.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{listener.getsockname()[1]}")
+    try:
+        response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+    finally:
+        channel.close()
+        done.set()
+        thread.join()
+        listener.close()
+        # End the official client's proxy thread the way it expects (EOF, not a reset).
+        remote.shutdown(socket.SHUT_WR)
+        remote.settimeout(5)
+        while remote.recv(65536):
+            pass
+        pf.close()
+    assert pf.error(port) is None
+    return response.status

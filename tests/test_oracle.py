@@ -49,6 +49,8 @@ BIN = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kubect
 ORACLE, HEALTH_PROBE = BIN / "probe-oracle", BIN / "grpc_health_probe"
 GENERATED = int(os.environ.get("GRPCPROBE_DIFFERENTIAL_CASES", "500"))
 
+if os.environ.get("GRPCPROBE_REQUIRE_REAL") and not (ORACLE.exists() and HEALTH_PROBE.exists()):
+    raise RuntimeError(f"GRPCPROBE_REQUIRE_REAL is set but the kubelet's prober is not built ({ORACLE})")  # CI: never a silent skip
 pytestmark = pytest.mark.skipif(
     not (ORACLE.exists() and HEALTH_PROBE.exists()),
     reason=f"the kubelet's prober is not built ({ORACLE}): run `make oracle` (needs Go; `make test` does it when Go is installed)",

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import threading
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from kubectl_grpcprobe.sandbox import Sandbox
 
-from .helpers import BLOG_MANIFEST, kubectl_binary
+from .helpers import BLOG_MANIFEST, kubectl_binary, official_client_check
 
 
 @pytest.fixture
@@ -45,48 +42,7 @@ def test_official_client_lists_and_reads(core_api) -> None:
 
 def test_official_client_portforward_reaches_grpc_health(core_api) -> None:
     """kubernetes.stream.portforward's socket, bridged to a local listener that grpcio dials."""
-    from kubernetes.stream import portforward
-
-    pf = portforward(core_api.connect_get_namespaced_pod_portforward, "test-grpc", "default", ports="5000")
-    remote = pf.socket(5000)
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    done = threading.Event()
-
-    def bridge() -> None:
-        local, _ = listener.accept()
-        import select
-
-        try:
-            while not done.is_set():
-                readable, _, _ = select.select([local, remote], [], [], 0.1)
-                for sock in readable:
-                    data = sock.recv(65536)
-                    if not data:
-                        return
-                    (remote if sock is local else local).sendall(data)
-        finally:
-            local.close()
-
-    thread = threading.Thread(target=bridge)
-    thread.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{listener.getsockname()[1]}")
-    try:
-        response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
-    finally:
-        channel.close()
-        done.set()
-        thread.join()
-        listener.close()
-        # End the official client's proxy thread the way it expects (EOF, not a reset).
-        remote.shutdown(socket.SHUT_WR)
-        remote.settimeout(5)
-        while remote.recv(65536):
-            pass
-        pf.close()
-    assert response.status == health_pb2.HealthCheckResponse.SERVING
-    assert pf.error(5000) is None
+    assert official_client_check(core_api, "test-grpc", 5000) == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_official_client_sees_the_error_channel_for_a_closed_port(core_api) -> None:

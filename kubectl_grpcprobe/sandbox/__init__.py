@@ -347,6 +347,9 @@ class Sandbox:
             raise KeyError(f"{namespace}/{name}")
         return obj
 
+    def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.store.get("pods", namespace, name)
+
     def update_pod(self, name: str, mutate: Any, namespace: str = "default") -> dict[str, Any]:
         return self.store.update("pods", namespace, name, mutate)
 
@@ -432,40 +435,16 @@ class Sandbox:
     ) -> dict[str, Any]:
         """Record an event, aggregating repeats into count/lastTimestamp as the kubelet's recorder does."""
         meta = pod["metadata"]
-        field_path = ""
-        if container:
-            group = "initContainers" if any(c["name"] == container for c in pod["spec"].get("initContainers") or []) else "containers"
-            field_path = f"spec.{group}{{{container}}}"
-        key = hashlib.sha256(f"{meta['uid']}|{field_path}|{reason}|{message}|{type_}".encode()).hexdigest()[:16]
-        name = f"{meta['name']}.{key}"
-        stamp = podlib.now()
+        event = podlib.event(pod, container, type_, reason, message, component, podlib.NODE_NAME)
+        name = event["metadata"]["name"]
         existing = self.store.get("events", meta["namespace"], name)
         if existing is not None:
 
             def bump(ev: dict[str, Any]) -> None:
                 ev["count"] = ev.get("count", 1) + 1
-                ev["lastTimestamp"] = stamp
+                ev["lastTimestamp"] = event["lastTimestamp"]
 
             return self.store.update("events", meta["namespace"], name, bump)
-        involved = {"kind": "Pod", "namespace": meta["namespace"], "name": meta["name"], "uid": meta["uid"], "apiVersion": "v1"}
-        if field_path:
-            involved["fieldPath"] = field_path
-        event = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"name": name, "namespace": meta["namespace"], "uid": secrets.token_hex(16), "creationTimestamp": stamp},
-            "involvedObject": involved,
-            "reason": reason,
-            "message": message,
-            "source": {"component": component, "host": podlib.NODE_NAME} if component == "kubelet" else {"component": component},
-            "firstTimestamp": stamp,
-            "lastTimestamp": stamp,
-            "count": 1,
-            "type": type_,
-            "eventTime": None,
-            "reportingComponent": component,
-            "reportingInstance": podlib.NODE_NAME if component == "kubelet" else "",
-        }
         return self.store.create("events", event)
 
     def _record_start_events(self, pod: dict[str, Any]) -> None:

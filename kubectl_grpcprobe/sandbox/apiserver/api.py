@@ -227,18 +227,11 @@ def _openapi(h: Handler, sandbox: Sandbox, path: str) -> None:
 
 
 def ports_query(h: Handler) -> list[int]:
-    ports = []
-    for value in h.query.get("ports") or []:
-        for item in value.split(","):
-            item = item.strip()
-            try:
-                port = int(item)
-            except ValueError:
-                raise ApiError(400, "BadRequest", f'unable to parse "{item}" as a port: invalid syntax') from None
-            if not 1 <= port <= 65535:
-                raise ApiError(400, "BadRequest", f"port {port} must be > 0 and <= 65535")
-            ports.append(port)
-    if not ports:
-        raise ApiError(400, "BadRequest", "at least 1 port must be specified")
-    return ports
+    """`?ports=` as the API server converts it; the kubelet's own checks come after (streaming.kubelet_ports)."""
+    from .streaming import apiserver_ports
+
+    try:
+        return apiserver_ports(h.query.get("ports") or [])
+    except ValueError as exc:
+        raise ApiError(400, "BadRequest", str(exc)) from None
 

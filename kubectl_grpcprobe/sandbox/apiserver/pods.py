@@ -194,3 +194,37 @@ def set_phase(pod: dict[str, Any], phase: str, ready_of: Any = lambda container:
     if phase == "Pending":
         status.pop("podIP", None)
         status.pop("podIPs", None)
+
+
+def event(pod: dict[str, Any], container: str | None, type_: str, reason: str, message: str, component: str, host: str) -> dict[str, Any]:
+    """An Event as the kubelet's recorder writes it; its name is stable for the same object, reason and
+    message, so a repeat is found and counted (count, lastTimestamp) as the recorder aggregates."""
+    import secrets
+
+    meta = pod["metadata"]
+    field_path = ""
+    if container:
+        group = "initContainers" if any(c["name"] == container for c in pod["spec"].get("initContainers") or []) else "containers"
+        field_path = f"spec.{group}{{{container}}}"
+    key = hashlib.sha256(f"{meta['uid']}|{field_path}|{reason}|{message}|{type_}".encode()).hexdigest()[:16]
+    stamp = now()
+    involved = {"kind": "Pod", "namespace": meta["namespace"], "name": meta["name"], "uid": meta["uid"], "apiVersion": "v1"}
+    if field_path:
+        involved["fieldPath"] = field_path
+    kubelet = component == "kubelet"
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": f"{meta['name']}.{key}", "namespace": meta["namespace"], "uid": secrets.token_hex(16), "creationTimestamp": stamp},
+        "involvedObject": involved,
+        "reason": reason,
+        "message": message,
+        "source": {"component": component, "host": host} if kubelet else {"component": component},
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+        "type": type_,
+        "eventTime": None,
+        "reportingComponent": component,
+        "reportingInstance": host if kubelet else "",
+    }

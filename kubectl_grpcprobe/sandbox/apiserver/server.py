@@ -8,21 +8,15 @@ second so that shutdown can join every thread.
 from __future__ import annotations
 
 import json
-import socket
 import ssl
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
-from ...wire import wsframe
-from . import forwarding
+from ..tlsserver import TlsHandler, TlsServer
 from .selectors import SelectorError, field_selector, label_selector
 
 if TYPE_CHECKING:
     from .. import Sandbox
-
-WEBSOCKET_PROTOCOLS = ("v4.channel.k8s.io", "v4.base64.channel.k8s.io")
 
 
 class ApiError(Exception):
@@ -50,90 +44,15 @@ def not_found(resource: str, name: str) -> ApiError:
     return ApiError(404, "NotFound", f'{resource} "{name}" not found', {"name": name, "kind": resource})
 
 
-class ApiServer(ThreadingHTTPServer):
-    daemon_threads = False  # server_close() joins every connection thread
-    block_on_close = True
-    request_queue_size = 128
-
+class ApiServer(TlsServer):
     def __init__(self, sandbox: Sandbox, ssl_context: ssl.SSLContext, host: str = "127.0.0.1") -> None:
         self.sandbox = sandbox
-        self.ssl_context = ssl_context
-        self.stop_event = threading.Event()
-        self._conns: set[socket.socket] = set()
-        self._conns_lock = threading.Lock()
-        super().__init__((host, 0), Handler)
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        sock, addr = self.socket.accept()
-        # Headers and body go out in separate writes: without NODELAY, Nagle and delayed ACKs
-        # would add ~40 ms to every response.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        # The TLS handshake happens in the connection's own thread (Handler.setup), so one slow
-        # client cannot hold up accept().
-        tls = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        with self._conns_lock:
-            self._conns.add(tls)
-        return tls, addr
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._conns_lock:
-            self._conns.discard(request)
-        super().shutdown_request(request)
-
-    def close_all(self) -> None:
-        self.stop_event.set()
-        self.shutdown()
-        with self._conns_lock:
-            conns = list(self._conns)
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self.server_close()
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that goes away mid-response is normal; anything else is a sandbox bug
-        # and must be visible.
-        import sys
-
-        exc = sys.exc_info()[1]
-        if isinstance(exc, (ConnectionError, ssl.SSLError, TimeoutError, OSError)):
-            return
-        super().handle_error(request, client_address)
+        super().__init__(Handler, ssl_context, host)
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    rbufsize = 0  # unbuffered, so an upgraded connection has no bytes hidden in a read buffer
+class Handler(TlsHandler):
     server: ApiServer
     server_version = "kube-apiserver"
-    sys_version = ""
-
-    def setup(self) -> None:
-        threading.current_thread().name = "sandbox-conn"
-        self.request.settimeout(10)
-        try:
-            self.request.do_handshake()
-        except (OSError, ssl.SSLError):
-            self.handshake_failed = True
-        else:
-            self.handshake_failed = False
-        self.request.settimeout(None)
-        super().setup()
-
-    def handle(self) -> None:
-        if self.handshake_failed:
-            return
-        try:
-            super().handle()
-        except (ConnectionError, ssl.SSLError, TimeoutError):
-            pass
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    # -- plumbing --------------------------------------------------------------------------
 
     def _send_json(self, code: int, obj: Any) -> None:
         self._send_bytes(code, "application/json", json.dumps(obj, separators=(",", ":")).encode())
@@ -168,7 +87,7 @@ class Handler(BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         sandbox = self.server.sandbox
         url = urlsplit(self.path)
-        self.query = parse_qs(url.query)
+        self.query = parse_qs(url.query, keep_blank_values=True)  # `?ports=` is not `?`: the real server says so
         path = url.path.rstrip("/") or "/"
         sandbox.requests.append((self.command, path))
         sandbox.api_requested.set()
@@ -237,66 +156,23 @@ class Handler(BaseHTTPRequestHandler):
 
     def upgrade_spdy(self, pod: dict[str, Any]) -> None:
         """Classic kubectl port-forward: HTTP upgrade to SPDY/3.1 with protocol negotiation."""
-        from . import spdy
+        from . import streaming
 
-        offered = [p.strip() for value in self.headers.get_all("X-Stream-Protocol-Version") or [] for p in value.split(",") if p.strip()]
-        if spdy.PROTOCOL not in offered:
-            body = (
-                f"unable to upgrade: unable to negotiate protocol: client supports {offered}, server accepts {[spdy.PROTOCOL]}"
-            ).encode()
-            self._send_bytes(403, "text/plain; charset=utf-8", body)
-            return
-        net = self._network(pod)
-        self.send_response(101, "Switching Protocols")
-        self.send_header("Connection", "Upgrade")
-        self.send_header("Upgrade", "SPDY/3.1")
-        self.send_header("X-Stream-Protocol-Version", spdy.PROTOCOL)
-        self.end_headers()
-        self.wfile.flush()
-        self.close_connection = True
-        sandbox = self.server.sandbox
-        spdy.Session(spdy.SocketTransport(self.connection), net, sandbox.faults, self.server.stop_event).run()
+        try:
+            streaming.serve_spdy(self, self._network(pod), self.server.sandbox.faults, self.server.stop_event)
+        except streaming.Refused as refused:
+            self._send_bytes(refused.code, "text/plain; charset=utf-8", refused.message.encode())
 
     def upgrade_portforward(self, pod: dict[str, Any]) -> None:
-        from . import spdy
-
-        sandbox = self.server.sandbox
-        offered = [
-            p.strip()
-            for value in self.headers.get_all("Sec-WebSocket-Protocol") or []
-            for p in value.split(",")
-            if p.strip()
-        ]
-        tunnel = spdy.TUNNEL_PROTOCOL in offered  # KEP-4006: SPDY inside the WebSocket (kubectl >= 1.31)
-        chosen = spdy.TUNNEL_PROTOCOL if tunnel else next((p for p in offered if p in WEBSOCKET_PROTOCOLS), None)
-        if offered and chosen is None:
-            raise ApiError(
-                400,
-                "BadRequest",
-                f"unable to upgrade: unable to negotiate protocol: client supports {offered}, server supports {list(WEBSOCKET_PROTOCOLS)}",
-            )
-        key = self.headers.get("Sec-WebSocket-Key")
-        if not key:
-            raise ApiError(400, "BadRequest", "unable to upgrade: missing Sec-WebSocket-Key")
+        from . import spdy, streaming
         from .api import ports_query
 
-        ports = [] if tunnel else ports_query(self)  # the tunnel names ports per stream, not in the query
-        net = self._network(pod)
-        self.send_response(101, "Switching Protocols")
-        self.send_header("Upgrade", "websocket")
-        self.send_header("Connection", "Upgrade")
-        self.send_header("Sec-WebSocket-Accept", wsframe.accept_key(key))
-        if chosen:
-            self.send_header("Sec-WebSocket-Protocol", chosen)
-        self.end_headers()
-        self.wfile.flush()
-        self.close_connection = True
-        ws = wsframe.WebSocket(self.connection, client=False)
-        if tunnel:
-            spdy.Session(spdy.WebSocketTransport(ws), net, sandbox.faults, self.server.stop_event).run()
-            return
-        sandbox.active_forwards.add(ws)  # so a test can drop it (Sandbox.drop_forwards)
+        ports = ports_query(self)  # the API server's conversion, before anything reaches the kubelet
         try:
-            forwarding.serve(ws, ports, chosen == "v4.base64.channel.k8s.io", net, sandbox.faults, self.server.stop_event)
-        finally:
-            sandbox.active_forwards.discard(ws)
+            if spdy.TUNNEL_PROTOCOL not in streaming.offered(self, "Sec-WebSocket-Protocol"):  # the tunnel names ports per stream
+                ports = streaming.kubelet_ports([str(p) for p in ports])  # the kubelet checks them before its handshake
+            chosen = streaming.websocket_protocol(self)
+        except streaming.Refused as refused:  # the kubelet's answer, which the API server passes through
+            return streaming.refuse(self, refused)
+        sandbox = self.server.sandbox
+        return streaming.serve_websocket(self, chosen, ports, self._network(pod), sandbox.faults, self.server.stop_event, sandbox.active_forwards)

@@ -280,12 +280,14 @@ class Session:
         text = pair.data.port_text
         if not text:
             return self._fail(pair, '"port" header is required')
+        from .streaming import parse_uint16
+
         try:
-            port = int(text)
-            if not 1 <= port <= 65535:
-                raise ValueError
-        except ValueError:
-            return self._fail(pair, f'unable to parse "{text}" as a port: invalid syntax')
+            port = parse_uint16(text)
+        except ValueError as exc:  # the kubelet's words (httpstream.go), Go's strconv error inside
+            return self._fail(pair, f'unable to parse "{text}" as a port: {exc}')
+        if port < 1:
+            return self._fail(pair, f'port "{text}" must be > 0')
         target = self.net.ports.get(port)
         try:
             if target is None:

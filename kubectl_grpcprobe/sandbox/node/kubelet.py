@@ -26,6 +26,7 @@ from ..apiserver.store import NotFound
 
 if TYPE_CHECKING:
     from .. import Sandbox
+    from .agent import NodeAgent
 
 
 @dataclass
@@ -52,7 +53,9 @@ class _Container:
 
 
 class Kubelet:
-    def __init__(self, sandbox: Sandbox, *, time_scale: float = 1.0) -> None:
+    def __init__(self, sandbox: Sandbox | NodeAgent, *, time_scale: float = 1.0) -> None:
+        # The host: the fake API server's Sandbox, or a NodeAgent joined to any API server. Both give
+        # get_pod, runtime, version_info, record_event and update_pod (NotFound when the pod is gone).
         self.sandbox = sandbox
         self.time_scale = time_scale
         self._cond = threading.Condition()
@@ -166,7 +169,7 @@ class Kubelet:
     def _execute(self, key: tuple[str, str, str], generation: int, entry: _Entry) -> None:
         from ...kubelet.probe import check
 
-        pod = self.sandbox.store.get("pods", entry.namespace, entry.pod)
+        pod = self.sandbox.get_pod(entry.namespace, entry.pod)
         net = self.sandbox.runtime.network(entry.namespace, entry.pod)
         if pod is None or net is None:
             return

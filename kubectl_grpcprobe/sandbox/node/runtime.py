@@ -47,8 +47,81 @@ class PodNetwork:
     servers: dict[str, Any] = field(default_factory=dict)  # container name -> AgnhostServer
 
 
+class AgnhostProcess:
+    """The real agnhost binary (built by `make k8s`) playing one container, on loopback ports of our choosing.
+
+    Pods share the host's network here, so each process gets free ports in place of the container's
+    --port/--http-port; the pod's network maps the container ports to them, as for the Python server.
+    """
+
+    def __init__(self, binary: str, args: Any) -> None:
+        """args: the container's flags, parsed (agnhost.parse_args); --enable-watch is ours alone and is dropped."""
+        import subprocess
+
+        self.binary, self.args = binary, args
+        self.port, self.http_port = _free_port(), _free_port()
+        argv = [binary, "grpc-health-checking", f"--port={self.port}", f"--http-port={self.http_port}"]
+        argv += [f"--service={args.service}", f"--delay-unhealthy-sec={args.delay_unhealthy_sec}"]
+        if args.tls_cert_file:
+            argv += [f"--tls-cert-file={args.tls_cert_file}", f"--tls-private-key-file={args.tls_private_key_file}"]
+        self._proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            self._wait_listening()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_listening(self, timeout: float = 10.0) -> None:
+        """Until both ports accept (the process gives no other sign of readiness); OSError if it exits or never does."""
+        import socket
+        import time
+
+        deadline = time.monotonic() + timeout
+        for port in (self.port, self.http_port):
+            while True:
+                if self._proc.poll() is not None:
+                    raise OSError(f"agnhost exited with {self._proc.returncode}")
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise OSError(f"agnhost not listening on {port} after {timeout:.0f}s") from None
+                    time.sleep(0.02)  # between connection attempts to another process's port
+
+    def respawn(self) -> AgnhostProcess:
+        return AgnhostProcess(self.binary, self.args)
+
+    def stop(self) -> None:
+        import signal
+        import subprocess
+
+        if self._proc.poll() is None:
+            os.killpg(self._proc.pid, signal.SIGKILL)  # the kubelet's grace period ends in SIGKILL; agnhost has no state to save
+        try:
+            self._proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class Runtime:
-    def __init__(self) -> None:
+    def __init__(self, agnhost_binary: str | None = None) -> None:
+        """agnhost_binary: run the real agnhost for `/agnhost grpc-health-checking` containers; our Python server otherwise."""
+        self.agnhost_binary = agnhost_binary
         self._lock = threading.Lock()
         self._pods: dict[tuple[str, str], PodNetwork] = {}
 
@@ -71,6 +144,12 @@ class Runtime:
                     continue
                 try:
                     args = parse_args(flags)
+                    if self.agnhost_binary:
+                        server: Any = AgnhostProcess(self.agnhost_binary, args)
+                        net.servers[name] = server
+                        net.ports[args.port] = ("127.0.0.1", server.port)
+                        net.ports[args.http_port] = ("127.0.0.1", server.http_port)
+                        continue
                     server = AgnhostServer(
                         port=0,
                         http_port=0,

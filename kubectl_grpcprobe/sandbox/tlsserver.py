@@ -1,0 +1,91 @@
+"""An HTTPS server on loopback whose every connection can be cut at stop: the fake API server and the node's kubelet API."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class TlsServer(ThreadingHTTPServer):
+    daemon_threads = False  # server_close() joins every connection thread
+    block_on_close = True
+    request_queue_size = 128
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler], ssl_context: ssl.SSLContext, host: str = "127.0.0.1") -> None:
+        self.ssl_context = ssl_context
+        self.stop_event = threading.Event()
+        self._conns: set[socket.socket] = set()
+        self._conns_lock = threading.Lock()
+        super().__init__((host, 0), handler)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, addr = self.socket.accept()
+        # Headers and body go out in separate writes: without NODELAY, Nagle and delayed ACKs
+        # would add ~40 ms to every response.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # The TLS handshake happens in the connection's own thread (TlsHandler.setup), so one slow
+        # client cannot hold up accept().
+        tls = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        with self._conns_lock:
+            self._conns.add(tls)
+        return tls, addr
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._conns_lock:
+            self._conns.discard(request)
+        super().shutdown_request(request)
+
+    def close_all(self) -> None:
+        self.stop_event.set()
+        self.shutdown()
+        with self._conns_lock:
+            conns = list(self._conns)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.server_close()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that goes away mid-response is normal; anything else is a sandbox bug
+        # and must be visible.
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, ssl.SSLError, TimeoutError, OSError)):
+            return
+        super().handle_error(request, client_address)
+
+
+class TlsHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    rbufsize = 0  # unbuffered, so an upgraded connection has no bytes hidden in a read buffer
+    sys_version = ""
+    thread_name = "sandbox-conn"
+
+    def setup(self) -> None:
+        threading.current_thread().name = self.thread_name
+        self.request.settimeout(10)
+        try:
+            self.request.do_handshake()
+        except (OSError, ssl.SSLError):
+            self.handshake_failed = True
+        else:
+            self.handshake_failed = False
+        self.request.settimeout(None)
+        super().setup()
+
+    def handle(self) -> None:
+        if self.handshake_failed:
+            return
+        try:
+            super().handle()
+        except (ConnectionError, ssl.SSLError, TimeoutError):
+            pass
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
