@@ -210,6 +210,12 @@ def probe_parser() -> Parser:
     adhoc.add_argument("--rpc-timeout", type=_duration, metavar="DURATION", help="the Check's own deadline, from when the dial is done")
     adhoc.add_argument("--rpc-header", dest="rpc_headers", type=_rpc_header, action="append", default=[], metavar="K:V", help="a request header (repeatable)")
     adhoc.add_argument("--gzip", action="store_true", help="compress the request with gzip")
+    adhoc.add_argument("--tls", action="store_true", help="speak TLS to the server, verifying it (the kubelet: plaintext, or unverified TLS for grpc.mode TLS)")
+    adhoc.add_argument("--tls-no-verify", action="store_true", help="with --tls: do not verify the server's certificate")
+    adhoc.add_argument("--tls-ca-cert", metavar="FILE", help="with --tls: verify the server against this CA (default: the system's roots)")
+    adhoc.add_argument("--tls-client-cert", metavar="FILE", help="with --tls: present this client certificate (mTLS; with --tls-client-key)")
+    adhoc.add_argument("--tls-client-key", metavar="FILE", help="with --tls: the client certificate's key")
+    adhoc.add_argument("--tls-server-name", metavar="NAME", help="with --tls: the name to verify and send as SNI (default: the pod IP)")
     sel.add_argument(
         "--list-services",
         action="store_true",
@@ -378,6 +384,51 @@ def connect(args: argparse.Namespace, env: Environment):  # -> KubeClient, impor
     )
 
 
+def _tls_settings(args: argparse.Namespace):
+    """--tls and its companions, checked as grpc_health_probe checks them, and the files read once now."""
+    from .kubelet.probe import TlsSettings
+
+    companions = {
+        "--tls-no-verify": getattr(args, "tls_no_verify", False),
+        "--tls-ca-cert": getattr(args, "tls_ca_cert", None),
+        "--tls-client-cert": getattr(args, "tls_client_cert", None),
+        "--tls-client-key": getattr(args, "tls_client_key", None),
+        "--tls-server-name": getattr(args, "tls_server_name", None),
+    }
+    if not getattr(args, "tls", False):
+        given = [flag for flag, value in companions.items() if value]
+        if given:
+            raise UsageError(f"error: {given[0]} needs --tls")
+        return None
+    if args.tls_no_verify and (args.tls_ca_cert or args.tls_server_name):
+        raise UsageError("error: --tls-no-verify does not verify the server; --tls-ca-cert and --tls-server-name would be ignored")
+    if bool(args.tls_client_cert) != bool(args.tls_client_key):
+        raise UsageError("error: --tls-client-cert and --tls-client-key go together")
+    settings = TlsSettings(
+        verify=not args.tls_no_verify,
+        ca_file=args.tls_ca_cert,
+        client_cert=args.tls_client_cert,
+        client_key=args.tls_client_key,
+        server_name=args.tls_server_name,
+    )
+    import ssl
+
+    from .wire.tlsproxy import client_context
+
+    for flag, path in (("--tls-ca-cert", settings.ca_file), ("--tls-client-cert", settings.client_cert), ("--tls-client-key", settings.client_key)):
+        if path:
+            try:
+                open(path, "rb").close()
+            except OSError as exc:
+                raise UsageError(f"error: {flag}: cannot read {path}: {exc.strerror or exc}") from None
+    try:  # a missing or malformed file is the user's to fix, before any API call
+        client_context(verify=settings.verify, ca_file=settings.ca_file, cert_file=settings.client_cert, key_file=settings.client_key)
+    except (OSError, ssl.SSLError) as exc:
+        what = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
+        raise UsageError(f"error: --tls: cannot load the certificates: {what}") from None
+    return settings
+
+
 def probe_options(args: argparse.Namespace):
     from .commands.runner import ProbeOptions
     from .kubelet.probe import KUBELET, Tuning
@@ -387,6 +438,7 @@ def probe_options(args: argparse.Namespace):
         rpc_timeout_ns=getattr(args, "rpc_timeout", None),
         metadata=tuple(getattr(args, "rpc_headers", None) or ()),
         gzip=getattr(args, "gzip", False),
+        tls=_tls_settings(args),
     )
     return ProbeOptions(
         tuning=KUBELET if tuning == KUBELET else tuning,

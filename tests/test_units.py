@@ -163,3 +163,24 @@ def test_resolve_never_raises_anything_but_a_clean_error(pod) -> None:
         resolve(pod)
     except (NothingToProbe, UsageError) as exc:
         assert str(exc).startswith("error: ") and "\n" not in str(exc)
+
+
+def test_completion_knows_every_flag_of_the_parsers() -> None:
+    """Completion's flag lists are written out (commands/ cannot import cli); this keeps them true to the parsers."""
+    from kubectl_grpcprobe import cli
+    from kubectl_grpcprobe.commands import completion
+
+    def options(parser):
+        for action in parser._actions:
+            for flag in action.option_strings:
+                yield flag, action.nargs != 0
+
+    for parser, listed in ((cli.probe_parser(), completion.PROBE_FLAGS), (cli.toggle_parser(), completion.TOGGLE_FLAGS)):
+        for flag, takes_value in options(parser):
+            if takes_value:
+                assert flag in completion.VALUE_FLAGS, flag
+            if flag.startswith("--"):
+                assert flag in listed or flag in completion.CONNECTION_FLAGS, flag
+    for flag, takes_value in options(cli.sandbox_parser()._subparsers._group_actions[0].choices["up"]):
+        if takes_value:
+            assert flag in completion.VALUE_FLAGS, flag

@@ -23,10 +23,14 @@ VALUE_FLAGS = {
     "--port", "--service", "--timeout", "--user-agent", "--request-timeout", "--as", "--as-group", "--period", "--count",
     "--control-port", "--serving-path", "--not-serving-path", "--wait-timeout", "-f", "--filename", "--kubeconfig-out",
     "--kubelet-speed", "-l", "--selector", "--field-selector", "--parallel", "--deadline", "--as-uid",
+    "--connect-timeout", "--rpc-timeout", "--rpc-header", "--tls-ca-cert", "--tls-client-cert", "--tls-client-key",
+    "--tls-server-name",
 }  # fmt: skip
 PROBE_FLAGS = [
     "--container", "--probe", "--port", "--service", "--timeout", "--user-agent", "--watch", "--period", "--count",
-    "--watch-rpc", "--selector", "--field-selector", "--all-namespaces", "--parallel", "--deadline",
+    "--watch-rpc", "--selector", "--field-selector", "--all-namespaces", "--parallel", "--deadline", "--list-services",
+    "--connect-timeout", "--rpc-timeout", "--rpc-header", "--gzip", "--tls", "--tls-no-verify", "--tls-ca-cert",
+    "--tls-client-cert", "--tls-client-key", "--tls-server-name",
     "--output", "--quiet", "--verbose", "--version", "--help",
 ]  # fmt: skip
 # TYPE/NAME as the fleet resolves them (commands.fleet.WORKLOADS), with the API path that lists each.
@@ -93,7 +97,7 @@ def candidates(words: Sequence[str]) -> tuple[list[str], int]:
         return [k for k in PROBE_KINDS if k.startswith(current)], DIRECTIVE_NO_FILES
     if pending in ("-o", "--output"):
         return [o for o in OUTPUTS if o.startswith(current)], DIRECTIVE_NO_FILES
-    if pending in ("--kubeconfig", "-f", "--filename", "--kubeconfig-out"):
+    if pending in ("--kubeconfig", "-f", "--filename", "--kubeconfig-out", "--tls-ca-cert", "--tls-client-cert", "--tls-client-key"):
         return [], DIRECTIVE_DEFAULT
     if pending == "--context":
         from ..kube.config import kubeconfig_paths, merged_kubeconfig

@@ -115,7 +115,7 @@ def run_target(fwd: Any, namespace: str, name: str, ip: str, target: Target, age
     total_ms = (time.perf_counter() - t0) * 1000
     if result.outcome is Outcome.UNREACHABLE and not diagnostics:
         diagnostics.append(_why_unreachable(fwd.local_port, target))  # after the clock: a look, not the check
-    if result.code == "NotFound" and not target.tls:
+    if result.code == "NotFound" and not _over_tls(target):
         from .services import list_services
 
         # A typo, or a service the health server was never told about? Reflection can tell (when enabled).
@@ -145,12 +145,19 @@ def execute(fwd: Any, target: Target, ip: str, agent: str) -> tuple[ProbeResult,
             name="grpcprobe-check",
         )
 
-    if target.tls:
-        from ..wire.tlsproxy import tls_terminator
+    wanted = target.tuning.tls
+    if target.tls or wanted is not None:
+        from ..wire.tlsproxy import client_context, tls_terminator
 
-        with tls_terminator(fwd.local_port, target.timeout_ns / 1e9) as tls:
+        context = None  # the kubelet's grpc.mode TLS: no verification
+        if wanted is not None:
+            context = client_context(verify=wanted.verify, ca_file=wanted.ca_file, cert_file=wanted.client_cert, key_file=wanted.client_key)
+        server_name = (wanted.server_name or ip) if wanted is not None else None
+        label = "tls" if wanted is not None else "grpc.mode TLS"
+        client_cert = wanted is not None and wanted.client_cert is not None
+        with tls_terminator(fwd.local_port, target.timeout_ns / 1e9, context, server_name, client_cert) as tls:
             result = run_check(tls.port)
-            extra = [f"grpc.mode TLS: {e}" for e in dict.fromkeys(tls.handshake_errors)]
+            extra = [f"{label}: {e}" for e in dict.fromkeys(tls.handshake_errors)]
     else:
         result = run_check(fwd.local_port)
         extra = []
@@ -162,11 +169,15 @@ def execute(fwd: Any, target: Target, ip: str, agent: str) -> tuple[ProbeResult,
     return result, notes
 
 
+def _over_tls(target: Target) -> bool:
+    return target.tls or target.tuning.tls is not None
+
+
 def _why_unreachable(local_port: int, target: Target) -> str:
     """A second, longer look at a port the check could not connect to: too slow, TLS, or no gRPC at all."""
     from ..wire.tlsproxy import http2_answer_ms, speaks_tls
 
-    if not target.tls:
+    if not _over_tls(target):
         # Only a short timeout can be too short for a live server: under 1 s, look for its HTTP/2 answer for 1 s.
         answered = None
         if target.timeout_ns < 10**9:

@@ -39,6 +39,28 @@ class Outcome(Enum):
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    """--tls and its companions, with grpc_health_probe's meanings (-tls, -tls-no-verify, -tls-ca-cert, ...)."""
+
+    verify: bool = True
+    ca_file: str | None = None  # None: the system's roots
+    client_cert: str | None = None
+    client_key: str | None = None
+    server_name: str | None = None  # None: the address the check names (the pod IP)
+
+    def describe(self) -> str:
+        if not self.verify:
+            words = "TLS without verifying the server"
+        else:
+            words = f"TLS verified against {self.ca_file or 'the system roots'}"
+            if self.server_name:
+                words += f" as {self.server_name}"
+        if self.client_cert:
+            words += ", with a client certificate"
+        return words
+
+
+@dataclass(frozen=True)
 class Tuning:
     """What an ad hoc check changes from the kubelet's, as grpc_health_probe's flags do; the default changes nothing."""
 
@@ -46,6 +68,7 @@ class Tuning:
     rpc_timeout_ns: int | None = None  # the RPC's own deadline, from when the dial is done
     metadata: tuple[tuple[str, str], ...] = ()  # request headers (the kubelet sends none)
     gzip: bool = False  # compress the request (the kubelet does not)
+    tls: TlsSettings | None = None  # TLS to the server (the kubelet: plaintext, or unverified TLS for grpc.mode TLS)
 
     def differences(self) -> list[str]:
         """How this check differs from the kubelet's, in words for the output (never header values: they may be secrets)."""
@@ -61,6 +84,8 @@ class Tuning:
             out.append("request headers " + ", ".join(sorted({k for k, _ in self.metadata})))
         if self.gzip:
             out.append("a gzip-compressed request")
+        if self.tls is not None:
+            out.append(self.tls.describe())  # file paths and names only: never key material
         return out
 
 

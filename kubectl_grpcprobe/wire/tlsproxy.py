@@ -1,8 +1,11 @@
-"""TLS without certificate verification, for `grpc.mode: TLS` probes (Kubernetes 1.37 alpha, KEP-4939).
+"""TLS to the server through the port-forward: `grpc.mode: TLS` probes (Kubernetes 1.37 alpha, KEP-4939) and `--tls`.
 
 That kubelet dials with TLS and does not verify the server's certificate. grpcio has no way to
 skip verification, so grpcio speaks plaintext HTTP/2 to a local terminator and the terminator
-speaks TLS (ALPN h2, no verification) to the server through the port-forward.
+speaks TLS (ALPN h2) to the server through the port-forward: without verification for the
+kubelet's mode and --tls-no-verify, with the user's CA (or the system's), server name and client
+certificate for --tls, as grpc_health_probe does. One path for both, and Python's words when a
+handshake fails.
 """
 
 from __future__ import annotations
@@ -22,6 +25,18 @@ def insecure_client_context() -> ssl.SSLContext:
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE  # what the kubelet's TLS mode does; only for probe targets
     ctx.set_alpn_protocols(["h2"])
+    return ctx
+
+
+def client_context(*, verify: bool, ca_file: str | None = None, cert_file: str | None = None, key_file: str | None = None) -> ssl.SSLContext:
+    """A client context as grpc_health_probe's -tls flags make one (OSError or ssl.SSLError for a bad file)."""
+    if not verify:
+        ctx = insecure_client_context()
+    else:
+        ctx = ssl.create_default_context(cafile=ca_file)  # the system roots when no CA file is given
+        ctx.set_alpn_protocols(["h2"])
+    if cert_file:
+        ctx.load_cert_chain(cert_file, key_file)
     return ctx
 
 
@@ -58,10 +73,15 @@ def http2_answer_ms(port: int, timeout: float) -> float | None:
 
 
 class _Terminator:
-    def __init__(self, upstream_port: int, timeout: float) -> None:
+    def __init__(
+        self, upstream_port: int, timeout: float, context: ssl.SSLContext | None, server_name: str | None, client_cert: bool = False
+    ) -> None:
         self.upstream_port = upstream_port
+        self.client_cert = client_cert
+        self._heard: set[socket.socket] = set()  # TLS sockets the server has sent application bytes on
         self.timeout = timeout
-        self.ctx = insecure_client_context()
+        self.ctx = context or insecure_client_context()
+        self.server_name = server_name if self.ctx.check_hostname else None
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(8)
@@ -100,9 +120,10 @@ class _Terminator:
             return
         try:
             raw = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=self.timeout)
-            tls = self.ctx.wrap_socket(raw, server_hostname=None)  # handshake, bounded by the timeout
+            tls = self.ctx.wrap_socket(raw, server_hostname=self.server_name)  # handshake, bounded by the timeout
         except (OSError, ssl.SSLError) as exc:
-            self.handshake_errors.append(f"TLS handshake with the server failed: {getattr(exc, 'reason', None) or exc}")
+            why = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or exc
+            self.handshake_errors.append(f"TLS handshake with the server failed: {why}")
             plain.close()
             return
         for sock in (plain, tls):
@@ -112,7 +133,23 @@ class _Terminator:
 
     def _relay(self, sel: selectors.BaseSelector, sock: socket.socket) -> None:
         peer = self._pairs[sock]
-        data, eof = read_available(sock)
+        try:
+            data, eof = read_available(sock)
+        except ssl.SSLError as exc:
+            # TLS 1.3 servers judge the client's certificate after the client thinks the handshake is done:
+            # the refusal ("certificate required") arrives as an alert on the first read.
+            self.handshake_errors.append(f"the server ended the TLS session: {getattr(exc, 'reason', None) or exc}")
+            data, eof = b"", True
+        if isinstance(sock, ssl.SSLSocket):
+            if data:
+                self._heard.add(sock)
+            elif eof and sock not in self._heard:
+                # A server that wants a client certificate it did not get closes right after the handshake,
+                # often without an alert (BoringSSL, so grpc servers): say so, or the user sees only a timeout.
+                why = "the server closed the TLS connection right after the handshake, without a word"
+                if not self.client_cert:
+                    why += "; a server that requires a client certificate does that (--tls-client-cert)"
+                self.handshake_errors.append(why)
         try:
             if data:
                 send_all(peer, data, self.timeout)
@@ -122,6 +159,7 @@ class _Terminator:
             for s in (sock, peer):
                 sel.unregister(s)
                 self._pairs.pop(s, None)
+                self._heard.discard(s)
                 s.close()
 
     def close(self) -> None:
@@ -135,9 +173,14 @@ class _Terminator:
 
 
 @contextmanager
-def tls_terminator(upstream_port: int, timeout: float) -> Iterator[_Terminator]:
-    """Yield a terminator whose .port takes plaintext and relays it over TLS to 127.0.0.1:upstream_port."""
-    terminator = _Terminator(upstream_port, timeout)
+def tls_terminator(
+    upstream_port: int, timeout: float, context: ssl.SSLContext | None = None, server_name: str | None = None, client_cert: bool = False
+) -> Iterator[_Terminator]:
+    """Yield a terminator whose .port takes plaintext and relays it over TLS to 127.0.0.1:upstream_port.
+
+    context: None for the kubelet's unverified TLS; server_name: the name a verifying context checks;
+    client_cert: whether the context presents one (for the words when a server hangs up)."""
+    terminator = _Terminator(upstream_port, timeout, context, server_name, client_cert)
     try:
         yield terminator
     finally:
