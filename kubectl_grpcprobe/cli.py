@@ -448,6 +448,9 @@ def probe_options(args: argparse.Namespace):
         services=getattr(args, "services", None),
         timeout_ns=getattr(args, "timeout", None),
         user_agent=getattr(args, "user_agent", None),
+        history={"json": "always", "wide": "always", "text": "disagree"}.get(getattr(args, "output", "text"), "never")
+        if not getattr(args, "quiet", False)
+        else "never",
     )
 
 

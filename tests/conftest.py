@@ -63,8 +63,9 @@ def leak_check() -> Iterator[None]:
 
 @pytest.fixture
 def sandbox() -> Iterator[Sandbox]:
-    """A fresh sandbox with the blog's test-grpc pod."""
+    """A fresh sandbox with the blog's test-grpc pod, Ready (its kubelet's first probe done), as a user finds it."""
     with Sandbox([BLOG_MANIFEST]) as sb:
+        sb.wait_ready("test-grpc")
         yield sb
 
 

@@ -226,6 +226,7 @@ def test_json_schema(sandbox) -> None:
         "code": None,
         "exitCode": 0,
         "diagnostics": [],
+        "kubeletEvents": [],  # looked up for JSON; none: the kubelet has not seen this probe fail
     }
     assert set(probe["timings"]) == {"apiMs", "tunnelMs", "connectMs", "rpcMs", "totalMs"}
     assert all(v >= 0 for v in probe["timings"].values())
@@ -234,7 +235,7 @@ def test_json_schema(sandbox) -> None:
 def test_wide_and_quiet(sandbox) -> None:
     wide = grpcprobe(sandbox, "test-grpc", "-o", "wide")
     header, row = wide.out.splitlines()
-    assert header.split() == ["POD", "CONTAINER", "PROBE", "TARGET", "SERVICE", "TIMEOUT", "RESULT", "API", "TUNNEL", "CONNECT", "RPC", "OUTPUT"]
+    assert header.split() == ["POD", "CONTAINER", "PROBE", "TARGET", "SERVICE", "TIMEOUT", "RESULT", "API", "TUNNEL", "CONNECT", "RPC", "KUBELET", "OUTPUT"]
     assert row.split()[:7] == ["test-grpc", "agnhost", "readiness", sandbox.pod("test-grpc")["status"]["podIP"] + ":5000", '""', "1s", "success"]
     quiet = grpcprobe(sandbox, "test-grpc", "-q")
     assert (quiet.code, quiet.out, quiet.err) == (0, "", "")

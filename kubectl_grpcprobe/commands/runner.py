@@ -28,7 +28,8 @@ class ProbeOptions:
     services: list[str] | None = None
     timeout_ns: int | None = None
     user_agent: str | None = None
-    tuning: Tuning = KUBELET  # --connect-timeout, --rpc-timeout, --rpc-header, --gzip
+    tuning: Tuning = KUBELET  # --connect-timeout, --rpc-timeout, --rpc-header, --gzip, --tls...
+    history: str = "never"  # the kubelet's recent events: "always" (wide, json), "disagree" (text: only to explain one)
 
 
 
@@ -70,8 +71,75 @@ def read_pod(client: KubeClient, namespace: str, name: str, options: ProbeOption
 
 def probe_pod(client: KubeClient, namespace: str, name: str, options: ProbeOptions) -> list[Report]:
     started = time.perf_counter()
+    if options.history == "always":
+        client.prefetch(events_path(namespace, name))  # its round trips overlap the probe's
     pod, targets, agent = read_pod(client, namespace, name, options)
-    return probe_targets(client, pod, targets, agent, api_ms=(time.perf_counter() - started) * 1000)
+    reports = probe_targets(client, pod, targets, agent, api_ms=(time.perf_counter() - started) * 1000)
+    if options.history != "never":
+        attach_history(client, pod, reports, always=options.history == "always")
+    return reports
+
+
+def events_path(namespace: str, name: str) -> str:
+    from urllib.parse import quote
+
+    return f"/api/v1/namespaces/{quote(namespace)}/events?fieldSelector=" + quote(f"involvedObject.kind=Pod,involvedObject.name={name}", safe="")
+
+
+def _container_status(pod: dict[str, Any], container: str) -> dict[str, Any]:
+    status = pod.get("status") or {}
+    for cs in list(status.get("containerStatuses") or []) + list(status.get("initContainerStatuses") or []):
+        if cs.get("name") == container:
+            return cs
+    return {}
+
+
+def _container_ready(pod: dict[str, Any], container: str) -> bool | None:
+    cs = _container_status(pod, container)
+    return bool(cs.get("ready")) if cs else None
+
+
+def _status_disagrees(pod: dict[str, Any], r: Report) -> bool:
+    """Does the pod's status (what the kubelet last decided) hint at a different view than this verdict?"""
+    cs = _container_status(pod, r.target.container)
+    if not cs:
+        return False
+    if r.target.kind == "readiness":
+        return bool(cs.get("ready")) != r.result.success
+    if r.target.kind == "liveness":
+        return r.result.success and int(cs.get("restartCount") or 0) > 0
+    if r.target.kind == "startup":
+        return r.result.success and cs.get("started") is False
+    return False
+
+
+def attach_history(client: KubeClient, pod: dict[str, Any], reports: list[Report], *, always: bool) -> None:
+    """The kubelet's recent Unhealthy and Killing events beside each verdict, and a line where they disagree.
+
+    In text ("disagree") the events are read only when the pod's status hints at a different view (Ready
+    against the readiness verdict, restarts or not started against a healthy liveness or startup verdict):
+    no round trip in the common case."""
+    from ..errors import ApiError
+    from ..kubelet.report import disagreement, history_of
+
+    if not always and not any(_status_disagrees(pod, r) for r in reports):
+        return
+    meta = pod["metadata"]
+    try:
+        events = client.get(events_path(meta["namespace"], meta["name"])).get("items") or []
+    except ApiError as exc:
+        if always:
+            for r in reports:
+                r.diagnostics.append(f"the kubelet's events: not readable ({exc.message.splitlines()[0]})")
+        return
+    now = time.time()
+    for r in reports:
+        if r.target.kind == "adhoc":
+            continue
+        r.history = history_of(events, meta.get("uid", ""), r.target)
+        line = disagreement(r, _container_ready(pod, r.target.container), now)
+        if line:
+            r.diagnostics.append(line)
 
 
 def resolve_for(pod: dict[str, Any], options: ProbeOptions) -> list[Target]:

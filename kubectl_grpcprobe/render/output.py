@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -84,6 +85,13 @@ def report_dict(r: Report) -> dict[str, object]:
         "timings": {f"{k}Ms": round(v, 3) for k, v in r.timings.items()},
         "diagnostics": list(r.diagnostics),
         "differsFromKubelet": r.target.tuning.differences(),  # empty: exactly the kubelet's check
+        # The kubelet's last Unhealthy/Killing events for this probe; null when not looked up (text output, ad hoc).
+        "kubeletEvents": None
+        if r.history is None
+        else [
+            {"reason": e.reason, "message": e.message, "count": e.count, "firstSeen": e.first_seen, "lastSeen": e.last_seen}
+            for e in r.history
+        ],
     }
 
 
@@ -101,7 +109,8 @@ def render(reports: list[Report], fmt: str, env: Environment, *, exit_code: int)
         _document(env, "ProbeReport", exit_code, probes=[report_dict(r) for r in reports])
         return
     if fmt == "wide":
-        header = ["POD", "CONTAINER", "PROBE", "TARGET", "SERVICE", "TIMEOUT", "RESULT", "API", "TUNNEL", "CONNECT", "RPC", "OUTPUT"]
+        header = ["POD", "CONTAINER", "PROBE", "TARGET", "SERVICE", "TIMEOUT", "RESULT", "API", "TUNNEL", "CONNECT", "RPC", "KUBELET", "OUTPUT"]
+        now = time.time()
         rows = [header]
         for r in reports:
             from ..kubelet.gostr import duration, quote
@@ -119,6 +128,7 @@ def render(reports: list[Report], fmt: str, env: Environment, *, exit_code: int)
                     ms(r.timings.get("tunnel")),
                     ms(r.timings.get("connect")),
                     ms(r.timings.get("rpc")),
+                    _history_cell(r, now),
                     printable(r.result.output),
                 ]
             )
@@ -172,6 +182,15 @@ def render_kubelet_action(pod: str, action: KubeletAction, fmt: str, env: Enviro
     if action.event:
         line += f"; event: {printable(action.event)}"
     (env.stderr if fmt == "json" else env.stdout).write(line + "\n")
+
+
+def _history_cell(r: Report, now: float) -> str:
+    """The kubelet's record for this probe in a few words: `Unhealthy x3 20s`, `Killing x1 5m`, `-` for none."""
+    if r.history is None:
+        return "?"
+    if not r.history:
+        return "-"
+    return ",".join(f"{e.reason} x{e.count} {e.age(now)}" for e in r.history)
 
 
 def _diagnostics(reports: list[Report], env: Environment) -> None:
