@@ -83,3 +83,35 @@ def test_bad_headers_are_usage_errors_that_never_echo_the_value(sandbox, header:
     run = grpcprobe(sandbox, "test-grpc", "--rpc-header", header)
     assert run.code == ExitCode.USAGE and message in run.err
     assert "bell" not in run.err
+
+
+def test_verbose_traces_the_grpc_level_never_header_values(sandbox_no_kubelet) -> None:
+    """-v: the dial target, :authority, user agent, the connection's states with times, the status, the server's trailers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+    from grpc_health.v1 import health, health_pb2_grpc
+
+    class Trailing(health.HealthServicer):
+        def Check(self, request, context):  # noqa: N802
+            context.set_trailing_metadata((("x-served-by", "replica-7"),))  # printable ASCII: gRPC allows no more
+            return super().Check(request, context)
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    health_pb2_grpc.add_HealthServicer_to_server(Trailing(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        ip = pod_on(sandbox_no_kubelet, port)
+        run = grpcprobe(sandbox_no_kubelet, "adhoc", "-v", "--rpc-header", "authorization:Bearer s3cr3t")
+    finally:
+        server.stop(None).wait()
+    assert run.code == ExitCode.OK, run
+    lines = [line for line in run.err.splitlines() if line.startswith("[grpcprobe] grpc: ")]
+    assert lines[0].startswith("[grpcprobe] grpc: dial 127.0.0.1:")
+    assert f"(for {ip}:5000): :authority {ip}:5000, user-agent 'kube-probe/1.33', one deadline 1s over dial and rpc, headers authorization" in lines[0]
+    states = [line.split("connection ")[1].split(" at ")[0] for line in lines if " connection " in line]
+    assert states[-1] == "READY" and states[0] in ("IDLE", "CONNECTING")  # a fast connect may be seen only as it ends
+    assert any(line.startswith('[grpcprobe] grpc: status OK "" at +') for line in lines)
+    assert '[grpcprobe] grpc: response trailers: x-served-by: "replica-7"' in lines
+    assert "s3cr3t" not in run.err + run.out

@@ -172,14 +172,18 @@ def probe_targets(
     for port, group in by_port.items():
         with port_forward(client, namespace, name, port, timeout=tunnel_timeout or client.timeout or 30.0) as fwd:
             for target in group:
-                reports.append(run_target(fwd, namespace, name, ip, target, agent, api_ms=api_ms, notes=terminating))
+                reports.append(
+                    run_target(fwd, namespace, name, ip, target, agent, api_ms=api_ms, notes=terminating, trace=client.trace if client.tracing else None)
+                )
     return reports
 
 
-def run_target(fwd: Any, namespace: str, name: str, ip: str, target: Target, agent: str, *, api_ms: float | None, notes: list[str]) -> Report:
-    """One execution through an open forward, as a Report with its timings (ms)."""
+def run_target(
+    fwd: Any, namespace: str, name: str, ip: str, target: Target, agent: str, *, api_ms: float | None, notes: list[str], trace: Any = None
+) -> Report:
+    """One execution through an open forward, as a Report with its timings (ms); trace: -v's line writer, or None."""
     t0 = time.perf_counter()
-    result, diagnostics = execute(fwd, target, ip, agent)
+    result, diagnostics = execute(fwd, target, ip, agent, trace)
     total_ms = (time.perf_counter() - t0) * 1000
     if result.outcome is Outcome.UNREACHABLE and not diagnostics:
         diagnostics.append(_why_unreachable(fwd.local_port, target))  # after the clock: a look, not the check
@@ -200,7 +204,7 @@ def run_target(fwd: Any, namespace: str, name: str, ip: str, target: Target, age
     return report
 
 
-def execute(fwd: Any, target: Target, ip: str, agent: str) -> tuple[ProbeResult, list[str]]:
+def execute(fwd: Any, target: Target, ip: str, agent: str, trace: Any = None) -> tuple[ProbeResult, list[str]]:
     """One execution of a target through an open forward: the verdict and the diagnostics behind it."""
     errors_before = len(fwd.errors)
     address = gostr.join_host_port(ip, target.port)
@@ -208,7 +212,8 @@ def execute(fwd: Any, target: Target, ip: str, agent: str) -> tuple[ProbeResult,
     def run_check(port: int) -> ProbeResult:
         return stop.off_main_thread(
             lambda: check(
-                f"127.0.0.1:{port}", service=target.service, timeout_ns=target.timeout_ns, user_agent=agent, address=address, tuning=target.tuning
+                f"127.0.0.1:{port}", service=target.service, timeout_ns=target.timeout_ns, user_agent=agent, address=address,
+                tuning=target.tuning, trace=trace,
             ),
             name="grpcprobe-check",
         )

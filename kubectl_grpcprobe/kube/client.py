@@ -49,6 +49,7 @@ class KubeClient:
         """trace: optional callable taking one line (-v). It never receives headers or credentials."""
         self.cfg = cfg
         self.trace = trace or (lambda line: None)
+        self.tracing = trace is not None  # -v: the gRPC level is traced too (kubelet.probe.check)
         url = urlsplit(cfg.server)
         if url.scheme not in ("https", "http") or not url.hostname:
             raise ConnectError(f'error: server "{cfg.display_server}" in the kubeconfig is not an http(s) URL')

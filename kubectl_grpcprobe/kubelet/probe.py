@@ -10,8 +10,10 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from .. import stop
 from ..errors import ExitCode
@@ -211,12 +213,15 @@ def check(
     user_agent: str,
     address: str | None = None,
     tuning: Tuning = KUBELET,
+    trace: Callable[[str], None] | None = None,
 ) -> ProbeResult:
     """One probe execution against `target` (host:port grpcio dials).
 
     `address` is what the kubelet would have dialled (podIP:port) and is what messages show;
     it also becomes the HTTP/2 :authority, as the kubelet's would be. `tuning` (ad hoc controls) may give
-    the dial and the RPC deadlines of their own, headers and gzip; by default it changes nothing.
+    the dial and the RPC deadlines of their own, headers and gzip; by default it changes nothing. `trace` (-v)
+    gets the gRPC level: the dial, the connection's states with times, the status and the trailers; header
+    values never (they may be credentials).
     """
     import grpc
 
@@ -226,17 +231,27 @@ def check(
     rpc_ns = (tuning.rpc_timeout_ns if tuning.rpc_timeout_ns is not None else timeout_ns) if separate else None
     deadline = time.monotonic() + connect_ns / 1e9
     started = time.perf_counter()
+    if trace is not None:
+        deadlines = (f"dial {gostr.duration(connect_ns)}, rpc {gostr.duration(rpc_ns)}" if rpc_ns is not None
+                     else f"one deadline {gostr.duration(timeout_ns)} over dial and rpc")  # fmt: skip
+        extras = "".join([
+            f", headers {', '.join(sorted({k for k, _ in tuning.metadata}))}" if tuning.metadata else "",
+            ", gzip" if tuning.gzip else "",
+        ])  # fmt: skip
+        trace(f"grpc: dial {target} (for {address}): :authority {address}, user-agent {user_agent!r}, {deadlines}{extras}, "
+              f"Check {{service: {gostr.quote(service)}}}")  # fmt: skip
     channel = grpc.insecure_channel(target, options=channel_options(user_agent, address))
     try:
         result = _check(channel, started, deadline, service=service, address=address, connect_ns=connect_ns, rpc_ns=rpc_ns,
-                        rpc_text=gostr.duration(rpc_ns if rpc_ns is not None else timeout_ns), tuning=tuning)  # fmt: skip
+                        rpc_text=gostr.duration(rpc_ns if rpc_ns is not None else timeout_ns), tuning=tuning, trace=trace)  # fmt: skip
         return dataclasses.replace(result, elapsed_ms=(time.perf_counter() - started) * 1000)
     finally:
         channel.close()
 
 
 def _check(
-    channel, started: float, deadline: float, *, service: str, address: str, connect_ns: int, rpc_ns: int | None, rpc_text: str, tuning: Tuning
+    channel, started: float, deadline: float, *, service: str, address: str, connect_ns: int, rpc_ns: int | None, rpc_text: str, tuning: Tuning,
+    trace: Callable[[str], None] | None = None,
 ) -> ProbeResult:  # channel: grpc.Channel
     """The dial, then the RPC, as grpc.go's Probe: one deadline over both (rpc_ns None), or the RPC's own from
     when the dial is done. The verdict, without the elapsed time."""
@@ -250,7 +265,7 @@ def _check(
     )
     gone_away = False  # a connection ended by GOAWAY with the server's SETTINGS: never ready, for grpc-go
     while True:
-        if not _wait_until_ready(channel, deadline):
+        if not _wait_until_ready(channel, deadline, trace, started):
             return never_ready
         connected = time.perf_counter()
         connect_ms = (connected - started) * 1000
@@ -264,10 +279,14 @@ def _check(
         try:
             # A stop closes the channel from the stopping thread, which cancels this call at once.
             with stop.on_stop(channel.close):
-                value = rpc(service, timeout=remaining, metadata=tuning.metadata, compression=compression)
+                value, call = rpc.with_call(service, timeout=remaining, metadata=tuning.metadata, compression=compression)
+            if trace is not None:
+                _trace_call(trace, call, started)
             break
         except grpc.RpcError as err:
             stop.check()  # cancelled by a stop: not a verdict
+            if trace is not None:
+                _trace_call(trace, err, started)
             code = err.code()
             details = err.details() or ""
             if code is grpc.StatusCode.UNAVAILABLE and "GOAWAY received" in details:
@@ -326,9 +345,25 @@ def _as_grpc_go_says(code, details: str) -> str:  # code: grpc.StatusCode
 
 
 _READY, _SHUTDOWN = 2, 4  # grpc_connectivity_state values
+_STATE_NAMES = ("IDLE", "CONNECTING", "READY", "TRANSIENT_FAILURE", "SHUTDOWN")
 
 
-def _wait_until_ready(channel, deadline: float) -> bool:  # channel: grpc.Channel
+def _since(started: float) -> str:
+    return f"+{(time.perf_counter() - started) * 1000:.1f}ms"
+
+
+def _trace_call(trace: Callable[[str], None], call: Any, started: float) -> None:
+    """The status, and the server's headers and trailers (printable; values from the server, not ours)."""
+    code = call.code()
+    name = gostr.grpc_code_name(code.value[0]) if code is not None else "?"
+    trace(f"grpc: status {name} {gostr.quote(call.details() or '')} at {_since(started)}")
+    for label, pairs in (("headers", call.initial_metadata()), ("trailers", call.trailing_metadata())):
+        if pairs:
+            shown = ", ".join(f"{k}: {gostr.quote(v) if isinstance(v, str) else f'<{len(v)} bytes>'}" for k, v in pairs)
+            trace(f"grpc: response {label}: {shown}")
+
+
+def _wait_until_ready(channel, deadline: float, trace: Callable[[str], None] | None = None, started: float = 0.0) -> bool:  # channel: grpc.Channel
     """grpc-go's blocking dial: keep connecting (with backoff) until READY or the deadline.
 
     grpc.channel_ready_future would do, but it starts a polling thread that wakes every 200 ms,
@@ -345,6 +380,8 @@ def _wait_until_ready(channel, deadline: float) -> bool:  # channel: grpc.Channe
         except grpc.FutureTimeoutError:
             return False
     state = raw.check_connectivity_state(True)
+    if trace is not None:
+        trace(f"grpc: connection {_STATE_NAMES[state]} at {_since(started)}")
     while state != _READY:
         # Polled, not closed from outside: closing a channel waits for its pending watch anyway.
         stop.check()
@@ -357,5 +394,7 @@ def _wait_until_ready(channel, deadline: float) -> bool:  # channel: grpc.Channe
         # Never interrupt this call (run checks off the main thread: stop.off_main_thread): a watch
         # abandoned by an exception stays pending, and channel.close() then waits for it for ever.
         raw.watch_connectivity_state(state, time.time() + min(remaining, 0.25))
-        state = raw.check_connectivity_state(True)
+        previous, state = state, raw.check_connectivity_state(True)
+        if trace is not None and state != previous:
+            trace(f"grpc: connection {_STATE_NAMES[state]} at {_since(started)}")
     return True
