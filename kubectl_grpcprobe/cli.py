@@ -411,21 +411,11 @@ def _tls_settings(args: argparse.Namespace):
         client_key=args.tls_client_key,
         server_name=args.tls_server_name,
     )
-    import ssl
+    from .commands.runner import tls_files_problem
 
-    from .wire.tlsproxy import client_context
-
-    for flag, path in (("--tls-ca-cert", settings.ca_file), ("--tls-client-cert", settings.client_cert), ("--tls-client-key", settings.client_key)):
-        if path:
-            try:
-                open(path, "rb").close()
-            except OSError as exc:
-                raise UsageError(f"error: {flag}: cannot read {path}: {exc.strerror or exc}") from None
-    try:  # a missing or malformed file is the user's to fix, before any API call
-        client_context(verify=settings.verify, ca_file=settings.ca_file, cert_file=settings.client_cert, key_file=settings.client_key)
-    except (OSError, ssl.SSLError) as exc:
-        what = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
-        raise UsageError(f"error: --tls: cannot load the certificates: {what}") from None
+    problem = tls_files_problem(settings)  # a missing or malformed file is the user's to fix, before any API call
+    if problem:
+        raise UsageError(problem)
     return settings
 
 

@@ -94,8 +94,10 @@ def test_every_verdict_on_real_pods_matches_the_fake(real) -> None:
         for manifest in manifests:
             real.wait_for("/api/v1/namespaces/default/pods", manifest["metadata"]["name"],
                           lambda pod: (pod.get("status") or {}).get("phase") == "Running")
+        real.wait_ready("serving")  # the node's first probe is in: every pod's status is what the kubelet decided
         wrong = []
-        with Sandbox(manifests, kubelet=False) as fake:
+        with Sandbox(manifests) as fake:  # its kubelet too: the plugin reads the pod's Ready against its verdict
+            fake.wait_ready("serving")
             for manifest in manifests:
                 name = manifest["metadata"]["name"]
                 code, words = VERDICTS[name]

@@ -242,6 +242,25 @@ def execute(fwd: Any, target: Target, ip: str, agent: str, trace: Any = None) ->
     return result, notes
 
 
+def tls_files_problem(settings: Any) -> str | None:
+    """--tls's files checked once, before any API call: the error line for the first unreadable or malformed one."""
+    import ssl
+
+    from ..wire.tlsproxy import client_context
+
+    for flag, path in (("--tls-ca-cert", settings.ca_file), ("--tls-client-cert", settings.client_cert), ("--tls-client-key", settings.client_key)):
+        if path:
+            try:
+                open(path, "rb").close()
+            except OSError as exc:
+                return f"error: {flag}: cannot read {path}: {exc.strerror or exc}"
+    try:
+        client_context(verify=settings.verify, ca_file=settings.ca_file, cert_file=settings.client_cert, key_file=settings.client_key)
+    except (OSError, ssl.SSLError) as exc:
+        return f"error: --tls: cannot load the certificates: {getattr(exc, 'strerror', None) or getattr(exc, 'reason', None) or exc}"
+    return None
+
+
 def _over_tls(target: Target) -> bool:
     return target.tls or target.tuning.tls is not None
 
