@@ -1,8 +1,13 @@
 # `make demo` and `make test` do all the set-up on a fresh machine: they create .venv when it is
 # missing and install the project with what the target needs.
-PYTHON ?= python3
 VENV   := .venv
+ifeq ($(OS),Windows_NT)  # the release workflow's Windows runner: a venv keeps its interpreter in Scripts\ there
+PYTHON ?= python
+PY     := $(VENV)/Scripts/python.exe
+else
+PYTHON ?= python3
 PY     := $(VENV)/bin/python
+endif
 
 .PHONY: test lint demo bench bench-rtt dist clean k8s oracle components
 

@@ -1,6 +1,12 @@
-"""Build the krew archive for this platform and write its sha256 into the manifest.
+"""Build the krew archive for this platform and write its sha256 into the manifest's entry for it.
 
     python scripts/dist.py [--out dist] [--manifest krew-manifest.yaml]
+
+Every platform runs this same script on its own runner (.github/workflows/release.yml): linux and
+darwin get a .tar.gz of a one-folder bundle; Windows a .zip of a one-file .exe, because a one-folder
+bundle's .exe must sit beside its _internal folder, and krew links only the .exe into its bin folder
+(where a Windows symlink is not followed back to that folder). Completion is a shell script, or a
+.cmd on Windows, since kubectl finds plugin completion helpers through PATHEXT there.
 
 grpcio has a native module, so a zipapp cannot carry it; a PyInstaller one-folder bundle carries
 the interpreter and the wheels' native code and starts without unpacking (see bench/RESULTS.md
@@ -30,6 +36,11 @@ COMPLETE = """#!/bin/sh
 here=$(dirname "$(readlink -f "$0")")
 exec "$here/kubectl-grpcprobe/kubectl-grpcprobe" __complete "$@"
 """
+COMPLETE_CMD = """@echo off\r
+rem kubectl plugin completion (kubectl >= 1.26): kubectl runs this with the words after `kubectl grpcprobe`.\r
+rem The plugin itself is on PATH (krew's bin folder): a link to this file would not lead back to its folder.\r
+kubectl-grpcprobe.exe __complete %*\r
+"""
 
 
 def platform_tag() -> tuple[str, str]:
@@ -39,7 +50,7 @@ def platform_tag() -> tuple[str, str]:
     return platform.system().lower(), arch
 
 
-def build_bundle(work: Path) -> Path:
+def build_bundle(work: Path, onefile: bool = False) -> Path:
     entry = work / "entry.py"
     entry.write_text("import sys\nfrom kubectl_grpcprobe.cli import main\nsys.exit(main())\n")
     subprocess.run(
@@ -47,7 +58,7 @@ def build_bundle(work: Path) -> Path:
             sys.executable,
             "-m",
             "PyInstaller",
-            "--onedir",
+            "--onefile" if onefile else "--onedir",
             "--noconfirm",
             "--clean",
             "--log-level",
@@ -74,7 +85,7 @@ def build_bundle(work: Path) -> Path:
         check=True,
         cwd=work,
     )
-    return work / "dist" / "kubectl-grpcprobe"
+    return work / "dist" / ("kubectl-grpcprobe.exe" if onefile else "kubectl-grpcprobe")
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes | None = None, *, mode: int = 0o644, path: Path | None = None) -> None:
@@ -102,6 +113,23 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes | None = None, *, mode: in
     tar.addfile(info, io.BytesIO(data))
 
 
+def make_zip(exe: Path, out: Path, os_name: str, arch: str) -> Path:
+    """Windows: kubectl-grpcprobe/kubectl-grpcprobe.exe, kubectl_complete-grpcprobe.cmd, LICENSE; fixed timestamps."""
+    import zipfile
+
+    out.mkdir(parents=True, exist_ok=True)
+    archive = out / f"kubectl-grpcprobe_{os_name}_{arch}.zip"
+    members = [
+        ("LICENSE", (ROOT / "LICENSE").read_bytes()),
+        ("kubectl-grpcprobe/kubectl-grpcprobe.exe", exe.read_bytes()),
+        ("kubectl_complete-grpcprobe.cmd", COMPLETE_CMD.encode()),
+    ]
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in sorted(members):
+            zf.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
+    return archive
+
+
 def make_archive(bundle: Path, out: Path) -> Path:
     os_name, arch = platform_tag()
     archive = out / f"kubectl-grpcprobe_{os_name}_{arch}.tar.gz"
@@ -119,14 +147,32 @@ def make_archive(bundle: Path, out: Path) -> Path:
     return archive
 
 
-def update_manifest(manifest: Path, archive: Path, uri: str | None) -> str:
+def update_manifest(manifest: Path, archive: Path, uri: str | None, os_name: str | None = None, arch: str | None = None) -> str:
+    """Rewrite the sha256 (and the uri, if given) of the manifest's entry for os/arch, keeping the file's comments."""
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
-    text = manifest.read_text()
-    text = re.sub(r'sha256: "?[0-9a-fA-F]{64}"?', f'sha256: "{digest}"', text, count=1)
-    if uri:
-        text = re.sub(r"uri: \S+", f"uri: {uri}", text, count=1)
-    manifest.write_text(text)
+    set_platform(manifest, *(platform_tag() if os_name is None else (os_name, arch or "")), sha256=digest, uri=uri)
     return digest
+
+
+def set_platform(manifest: Path, os_name: str, arch: str, *, sha256: str, uri: str | None = None) -> None:
+    import yaml
+
+    text = manifest.read_text()
+    platforms = yaml.safe_load(text)["spec"]["platforms"]
+    index = next(
+        (i for i, p in enumerate(platforms) if p["selector"].get("matchLabels") == {"os": os_name, "arch": arch}), None
+    )
+    if index is None:
+        raise SystemExit(f"{manifest}: no platform entry for {os_name}/{arch}")
+    # The platforms' sha256 and uri lines come in the order of the entries.
+    shas = list(re.finditer(r'sha256: "?[0-9a-fA-F]{64}"?', text))
+    uris = list(re.finditer(r"uri: \S+", text))
+    spans = [(shas[index].span(), f'sha256: "{sha256}"')]
+    if uri:
+        spans.append((uris[index].span(), f"uri: {uri}"))
+    for (start, end), new in sorted(spans, reverse=True):
+        text = text[:start] + new + text[end:]
+    manifest.write_text(text)
 
 
 def main() -> int:
@@ -138,8 +184,11 @@ def main() -> int:
     work = args.out / "pyinstaller"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    bundle = build_bundle(work)
-    archive = make_archive(bundle, args.out)
+    os_name, arch = platform_tag()
+    if os_name == "windows":
+        archive = make_zip(build_bundle(work, onefile=True), args.out, os_name, arch)
+    else:
+        archive = make_archive(build_bundle(work), args.out)
     digest = update_manifest(args.manifest, archive, args.uri)
     print(f"{archive} sha256 {digest}")
     return 0

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import os
-import re
 import shutil
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -135,105 +132,119 @@ def test_completion_offers_nothing_when_the_cluster_is_down(tmp_path) -> None:
     assert "Traceback" not in result.stderr
 
 
-# -- krew ---------------------------------------------------------------------------------------
+# -- krew: the real krew and validate-krew-manifest (sigs.k8s.io/krew v0.4.3, built by `make oracle`) -----------
 
-KNOWN_PLATFORMS = [(o, a) for o in ("linux", "darwin", "windows") for a in ("amd64", "arm64", "arm", "386")]
-
-
-def _selects(selector: dict, os_name: str, arch: str) -> bool:
-    labels = {"os": os_name, "arch": arch}
-    for key, value in (selector.get("matchLabels") or {}).items():
-        if labels.get(key) != value:
-            return False
-    for expr in selector.get("matchExpressions") or []:
-        value = labels.get(expr["key"])
-        if expr["operator"] == "In" and value not in expr["values"]:
-            return False
-        if expr["operator"] == "NotIn" and value in expr["values"]:
-            return False
-    return True
+TOOLS = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kubectl-grpcprobe" / "k8s" / "v1.37.2" / "bin"
+KREW, VALIDATE, ACTIONLINT = TOOLS / "krew", TOOLS / "validate-krew-manifest", TOOLS / "actionlint"
+PLATFORMS = {("darwin", "arm64"), ("darwin", "amd64"), ("linux", "amd64"), ("linux", "arm64"), ("windows", "amd64")}
 
 
-def validate_manifest(doc: dict) -> None:
-    """krew's own validation rules (pkg/index/validation), plus krew-index's LICENSE requirement."""
-    assert doc["apiVersion"] == "krew.googlecontainertools.github.com/v1alpha2"
-    assert doc["kind"] == "Plugin"
-    name = doc["metadata"]["name"]
-    assert re.fullmatch(r"[a-z0-9][a-z0-9-]*", name) and name != "kubectl"
-    spec = doc["spec"]
-    assert re.fullmatch(r"v\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?", spec["version"])
+def _tool(path: Path) -> str:
+    if not path.exists():
+        if os.environ.get("GRPCPROBE_REQUIRE_REAL"):
+            pytest.fail(f"{path} is not built (make oracle)")
+        pytest.skip(f"{path.name} is not built: run `make oracle` (needs Go)")
+    return str(path)
+
+
+def _validate(manifest: Path) -> subprocess.CompletedProcess[str]:
+    """krew's own validation of a krew-index file (named after the plugin); installing each platform needs the
+    release's URLs, so that part is done below with the real archive instead (-skip-install here)."""
+    return subprocess.run([_tool(VALIDATE), "-skip-install", "-manifest", str(manifest)], capture_output=True, text=True, timeout=60)
+
+
+def test_committed_manifest_passes_krews_validation(tmp_path) -> None:
+    manifest = tmp_path / "grpcprobe.yaml"
+    shutil.copy(ROOT / "krew-manifest.yaml", manifest)
+    done = _validate(manifest)
+    assert done.returncode == 0, done.stderr
+    assert "structural validation OK" in done.stderr and "no overlapping spec.platform[].selector" in done.stderr
+    spec = yaml.safe_load(manifest.read_text())["spec"]
     assert spec["version"] == f"v{__version__}", "the manifest's version must be the package's (one place: __init__.py)"
-    assert spec["homepage"].startswith("https://")
-    assert 0 < len(spec["shortDescription"]) <= 50
-    assert spec["description"].strip() and spec["caveats"].strip()
-    platforms = spec["platforms"]
-    assert platforms
-    for os_name, arch in KNOWN_PLATFORMS:
-        matching = [p for p in platforms if _selects(p["selector"], os_name, arch)]
-        assert len(matching) <= 1, f"platforms overlap for {os_name}/{arch}"
-    for p in platforms:
-        assert p["selector"].get("matchLabels") or p["selector"].get("matchExpressions")
-        assert p["uri"].startswith(("https://", "file://"))
-        assert re.fullmatch(r"[0-9a-f]{64}", p["sha256"]), "sha256 must be 64 lowercase hex digits"
-        assert p["bin"] and not p["bin"].startswith("/")
-        assert p["files"] and all(f["from"] and f["to"] for f in p["files"])
-        assert any(f["from"] == "LICENSE" for f in p["files"])
+    platforms = {(p["selector"]["matchLabels"]["os"], p["selector"]["matchLabels"]["arch"]): p for p in spec["platforms"]}
+    assert set(platforms) == PLATFORMS
+    assert platforms[("windows", "amd64")]["bin"].endswith(".exe") and platforms[("windows", "amd64")]["uri"].endswith(".zip")
+    for p in platforms.values():
+        assert any(f["from"] == "LICENSE" for f in p["files"])  # krew-index requires the license in every archive
 
 
-def krew_install(archive: Path, platform: dict, install_dir: Path) -> Path:
-    """What `kubectl krew install --manifest --archive` does: check sha256, extract, apply files rules, link bin."""
-    assert hashlib.sha256(archive.read_bytes()).hexdigest() == platform["sha256"]
-    extract = install_dir.parent / "extract"
-    extract.mkdir(parents=True)
-    with tarfile.open(archive) as tar:
-        tar.extractall(extract, filter="tar")
-    for rule in platform["files"]:
-        target = install_dir / rule["to"]
-        target.mkdir(parents=True, exist_ok=True)
-        matches = glob.glob(str(extract / rule["from"]))
-        assert matches, f"files rule {rule} matched nothing"
-        for match in matches:
-            shutil.move(match, target / Path(match).name)
-    bin_path = install_dir / platform["bin"]
-    assert bin_path.is_file() and os.access(bin_path, os.X_OK)
-    link_dir = install_dir.parent / "bin"
-    link_dir.mkdir(parents=True)
-    (link_dir / "kubectl-grpcprobe").symlink_to(bin_path)
-    return link_dir
+def test_release_manifest_names_every_archive_with_its_sha256(tmp_path) -> None:
+    archives = tmp_path / "archives"
+    archives.mkdir()
+    for os_name, arch in PLATFORMS:
+        ext = "zip" if os_name == "windows" else "tar.gz"
+        (archives / f"kubectl-grpcprobe_{os_name}_{arch}.{ext}").write_bytes(f"{os_name}/{arch}".encode())
+    out = tmp_path / "grpcprobe.yaml"
+    render = [sys.executable, str(ROOT / "scripts" / "render_manifest.py"), "--tag", f"v{__version__}", "--archives", str(archives), "--out", str(out)]
+    subprocess.run(render, check=True, timeout=60)
+    assert _validate(out).returncode == 0
+    for p in yaml.safe_load(out.read_text())["spec"]["platforms"]:
+        name = p["uri"].rsplit("/", 1)[1]
+        assert p["uri"] == f"https://github.com/kubectl-grpcprobe/kubectl-grpcprobe/releases/download/v{__version__}/{name}"
+        assert p["sha256"] == hashlib.sha256((archives / name).read_bytes()).hexdigest()
+    (archives / "kubectl-grpcprobe_darwin_arm64.tar.gz").unlink()  # a platform whose build failed fails the release
+    failed = subprocess.run(render, capture_output=True, text=True, timeout=60)
+    assert failed.returncode != 0 and "kubectl-grpcprobe_darwin_arm64.tar.gz is missing" in failed.stderr
 
 
-def test_committed_manifest_is_valid() -> None:
-    validate_manifest(yaml.safe_load((ROOT / "krew-manifest.yaml").read_text()))
+def test_release_workflow_passes_actionlint() -> None:
+    done = subprocess.run([_tool(ACTIONLINT), str(ROOT / ".github" / "workflows" / "release.yml")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory) -> tuple[Path, dict]:
+def built(tmp_path_factory) -> tuple[Path, Path]:
     out = tmp_path_factory.mktemp("dist")
-    manifest = out / "krew-manifest.yaml"
+    manifest = out / "grpcprobe.yaml"
     shutil.copy(ROOT / "krew-manifest.yaml", manifest)
     subprocess.run([sys.executable, str(ROOT / "scripts" / "dist.py"), "--out", str(out), "--manifest", str(manifest)], check=True, timeout=600)
     archives = list(out.glob("kubectl-grpcprobe_*.tar.gz"))
     assert len(archives) == 1
-    return archives[0], yaml.safe_load(manifest.read_text())
+    return archives[0], manifest
 
 
-def test_krew_archive_installs_and_runs_through_kubectl(built, sandbox, tmp_path) -> None:
+def test_real_krew_installs_the_archive_and_kubectl_runs_it(built, sandbox, tmp_path) -> None:
     archive, manifest = built
-    validate_manifest(manifest)
-    (platform,) = [p for p in manifest["spec"]["platforms"] if _selects(p["selector"], "linux", "amd64")]
-    install_dir = tmp_path / "store" / "grpcprobe" / manifest["spec"]["version"]
-    link_dir = krew_install(archive, platform, install_dir)
-    assert "Apache License" in (install_dir / "LICENSE").read_text()
+    krew_root = tmp_path / "krew"
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    (shims / "kubectl-krew").symlink_to(_tool(KREW))
     # Nothing from this checkout or its venv on PATH: the bundle must stand alone.
-    dirs = [link_dir, *_system_path()]
-    assert str(link_dir / "kubectl-grpcprobe") in _kubectl(["plugin", "list"], dirs).stdout
-    probed = _kubectl(["grpcprobe", "test-grpc", "-o", "wide"], dirs, sandbox)
+    dirs = [shims, krew_root / "bin", *_system_path()]
+
+    def kubectl(*args: str) -> subprocess.CompletedProcess[str]:
+        binary = kubectl_binary()
+        if binary is None:
+            pytest.skip("kubectl is not installed")
+        env = {"PATH": os.pathsep.join(str(p) for p in dirs), "HOME": str(tmp_path), "KREW_ROOT": str(krew_root), "NO_COLOR": "1",
+               "KUBECONFIG": sandbox.kubeconfig_path}
+        return subprocess.run([binary, *args], capture_output=True, text=True, env=env, timeout=120, check=False)
+
+    installed = kubectl("krew", "install", f"--manifest={manifest}", f"--archive={archive}")
+    assert installed.returncode == 0, installed.stderr
+    assert "Installed plugin: grpcprobe" in installed.stderr + installed.stdout
+    link = krew_root / "bin" / "kubectl-grpcprobe"
+    assert link.is_symlink()
+    assert str(link) in kubectl("plugin", "list").stdout
+    probed = kubectl("grpcprobe", "test-grpc", "-o", "wide")
     assert probed.returncode == 0, probed.stderr
-    assert probed.stdout.splitlines()[1].split()[:7][-1] == "success"
+    assert probed.stdout.splitlines()[1].split()[6] == "success"
+    store = krew_root / "store" / "grpcprobe" / f"v{__version__}"
+    assert "Apache License" in (store / "LICENSE").read_text()
     # Completion shipped in the archive, linked as the caveats say.
-    (link_dir / "kubectl_complete-grpcprobe").symlink_to(install_dir / "kubectl_complete-grpcprobe")
-    completed = _kubectl(["__complete", "grpcprobe", "te"], dirs, sandbox)
+    (krew_root / "bin" / "kubectl_complete-grpcprobe").symlink_to(store / "kubectl_complete-grpcprobe")
+    completed = kubectl("__complete", "grpcprobe", "te")
     assert completed.stdout.splitlines() == ["test-grpc", ":4"]
+    (krew_root / "bin" / "kubectl_complete-grpcprobe").unlink()
+    # uninstall insists on a local index (a git clone of krew-index, which `krew update` fetches): an empty
+    # repository stands in for it here, with no network.
+    subprocess.run(["git", "init", "-q", str(krew_root / "index" / "default")], check=True, timeout=30)
+    removed = kubectl("krew", "uninstall", "grpcprobe")
+    assert removed.returncode == 0, removed.stderr
+    assert not link.exists() and not (krew_root / "store" / "grpcprobe").exists()
+    assert not (krew_root / "receipts" / "grpcprobe.yaml").exists()
+    left = list((krew_root / "bin").iterdir()) if (krew_root / "bin").exists() else []
+    assert left == [], left
 
 
 def test_kubectl_dir_has_versioned_binaries() -> None:
@@ -241,3 +252,32 @@ def test_kubectl_dir_has_versioned_binaries() -> None:
     if folder is None:
         pytest.skip("kubectl is not installed")
     assert (folder / "kubectl.1.27").exists() and (folder / "kubectl.1.33").exists()
+
+
+# The wheel tags behind each krew archive, as the release workflow's runners build them (Python 3.12).
+WHEEL_PLATFORMS = {
+    ("linux", "amd64"): ["manylinux2014_x86_64", "manylinux_2_17_x86_64"],
+    ("linux", "arm64"): ["manylinux2014_aarch64", "manylinux_2_17_aarch64"],
+    ("darwin", "arm64"): ["macosx_11_0_arm64"],
+    ("darwin", "amd64"): ["macosx_10_15_x86_64", "macosx_11_0_x86_64"],
+    ("windows", "amd64"): ["win_amd64"],
+}
+ARCHIVE_PYTHON = "3.12"
+
+
+@pytest.mark.parametrize(("os_name", "arch"), sorted(WHEEL_PLATFORMS))
+def test_every_dependency_has_a_wheel_for_each_archive(os_name: str, arch: str, tmp_path) -> None:
+    """PyInstaller bundles installed wheels; a dependency with no binary wheel for a platform would need a compiler
+    there. Resolved against the package index with pip's own rules (metadata only, no install)."""
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    platform_flags = [flag for tag in WHEEL_PLATFORMS[(os_name, arch)] for flag in ("--platform", tag)]
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--disable-pip-version-check", "--ignore-installed",
+         "--only-binary=:all:", "--python-version", ARCHIVE_PYTHON, *platform_flags, "--target", str(tmp_path), *deps],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    if "Could not fetch URL" in done.stderr or "NewConnectionError" in done.stderr:
+        pytest.skip(f"the package index is not reachable: {done.stderr.strip().splitlines()[-1]}")
+    assert done.returncode == 0, f"{os_name}/{arch}: {done.stderr[-2000:]}"

@@ -5,13 +5,18 @@
 #
 #   build.sh          everything: kube-apiserver, kube-controller-manager, kube-scheduler, agnhost, etcd,
 #                     probe-oracle (the kubelet's prober) and grpc_health_probe
-#   build.sh oracle   only probe-oracle and grpc_health_probe: what the differential tests need (minutes, not ten)
+#   build.sh oracle   only probe-oracle, grpc_health_probe and the packaging tools (minutes, not ten)
+#
+# Both sets also build the packaging tools the tests run: krew and validate-krew-manifest (sigs.k8s.io/krew)
+# and actionlint (github.com/rhysd/actionlint), each from its own module at a pinned version.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 set_name=${1:-all}
 case "$set_name" in all|oracle) ;; *) echo "usage: build.sh [oracle]" >&2; exit 2 ;; esac
 version=v1.37.2                       # k8s.io/kubernetes, pinned in go.mod
 probe_version=v0.4.62                 # github.com/grpc-ecosystem/grpc-health-probe
+krew_version=v0.4.3                   # sigs.k8s.io/krew
+actionlint_version=v1.7.12            # github.com/rhysd/actionlint
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/kubectl-grpcprobe/k8s/$version
 bin=$cache/bin
 stamp=$cache/.inputs-$set_name
@@ -42,6 +47,8 @@ else
 fi
 GOBIN=$bin go install -trimpath -ldflags "-s -w" "github.com/grpc-ecosystem/grpc-health-probe@$probe_version"
 mv "$bin/grpc-health-probe" "$bin/grpc_health_probe"
+GOBIN=$bin go install -trimpath -ldflags "-s -w" "sigs.k8s.io/krew/cmd/krew@$krew_version" "sigs.k8s.io/krew/cmd/validate-krew-manifest@$krew_version"
+GOBIN=$bin go install -trimpath -ldflags "-s -w" "github.com/rhysd/actionlint/cmd/actionlint@$actionlint_version"
 echo "$inputs" > "$stamp"
 [ "$set_name" = all ] && echo "$inputs" > "$cache/.inputs-oracle"
 echo "make k8s ($set_name): done in $(( $(date +%s) - started ))s; $(du -sh "$bin" | cut -f1) in $bin"

@@ -13,6 +13,7 @@ import json
 import os
 import ssl
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,10 +152,56 @@ def _load_client_cert(ctx: ssl.SSLContext, cert: bytes, key: bytes) -> None:
 def kubeconfig_paths(explicit: str | None) -> list[Path]:
     if explicit:
         return [Path(explicit).expanduser()]
-    env = os.environ.get("KUBECONFIG")
+    return [Path(p) for p in default_kubeconfig_paths(os.environ, windows=os.name == "nt")]
+
+
+def default_kubeconfig_paths(environ: Mapping[str, str], *, windows: bool, stat: Any = os.stat) -> list[str]:
+    """Where kubectl looks without --kubeconfig: KUBECONFIG split on the platform's list separator (`;` on
+    Windows, `:` elsewhere), else <home>/.kube/config with client-go's home (util/homedir)."""
+    import ntpath
+    import posixpath
+
+    paths = ntpath if windows else posixpath
+    env = environ.get("KUBECONFIG")
     if env:
-        return [Path(p).expanduser() for p in env.split(os.pathsep) if p]
-    return [Path.home() / ".kube" / "config"]
+        return [paths.expanduser(p) for p in env.split(";" if windows else ":") if p]
+    return [paths.join(home_dir(environ, windows=windows, stat=stat), ".kube", "config")]
+
+
+def home_dir(environ: Mapping[str, str], *, windows: bool, stat: Any = os.stat) -> str:
+    """client-go's homedir.HomeDir. Windows: the first of %HOME%, %HOMEDRIVE%%HOMEPATH%, %USERPROFILE% holding a
+    .kube\\config; else the first of %HOME%, %USERPROFILE%, %HOMEDRIVE%%HOMEPATH% that is a writable directory, then
+    the first that exists, then the first set. Elsewhere $HOME (the password database when unset, as Python does)."""
+    import ntpath
+    import stat as stat_module
+
+    if not windows:
+        return environ.get("HOME") or str(Path.home())
+    home = environ.get("HOME", "")
+    drive_path = environ.get("HOMEDRIVE", "") + environ.get("HOMEPATH", "") if environ.get("HOMEDRIVE") and environ.get("HOMEPATH") else ""
+    profile = environ.get("USERPROFILE", "")
+
+    def stat_or_none(path: str) -> Any:
+        try:
+            return stat(path)
+        except OSError:
+            return None
+
+    for p in (home, drive_path, profile):
+        if p and stat_or_none(ntpath.join(p, ".kube", "config")) is not None:
+            return p
+    first_set = first_existing = ""
+    for p in (home, profile, drive_path):
+        if not p:
+            continue
+        first_set = first_set or p
+        info = stat_or_none(p)
+        if info is None:
+            continue
+        first_existing = first_existing or p
+        if stat_module.S_ISDIR(info.st_mode) and info.st_mode & 0o200:
+            return p
+    return first_existing or first_set
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
