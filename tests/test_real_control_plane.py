@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -107,6 +108,10 @@ def test_every_verdict_on_real_pods_matches_the_fake(real) -> None:
                     wrong.append(f"{name}: exit {on_real.code}, {on_real.out!r} {on_real.err!r}")
                 if (_normalized(on_real.out), _normalized(on_real.err)) != (_normalized(on_fake.out), _normalized(on_fake.err)):
                     wrong.append(f"{name}: real {on_real.out!r} {on_real.err!r} != fake {on_fake.out!r} {on_fake.err!r}")
+        if wrong:  # what each node registered and logged: for a failure here to say where the API server went
+            nodes = {n["metadata"]["name"]: n["status"]["daemonEndpoints"] for n in real.request("GET", "/api/v1/nodes")["items"]}
+            logs = {a.name: Path(a.log_path).read_text() if a.log_path and Path(a.log_path).exists() else "" for a in real.nodes}
+            wrong += [f"nodes: {nodes}", f"node logs: {logs}"]
         assert not wrong, "\n".join(wrong)
         for manifest in manifests:
             real.request("DELETE", f"/api/v1/namespaces/default/pods/{manifest['metadata']['name']}")

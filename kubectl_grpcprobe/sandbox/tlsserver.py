@@ -50,6 +50,9 @@ class TlsServer(ThreadingHTTPServer):
                 pass
         self.server_close()
 
+    def handshake_failed(self, client_address: Any, exc: BaseException) -> None:
+        """A client whose TLS handshake failed; a subclass may record it (the node agent does, in its log)."""
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that goes away mid-response is normal; anything else is a sandbox bug
         # and must be visible.
@@ -72,8 +75,9 @@ class TlsHandler(BaseHTTPRequestHandler):
         self.request.settimeout(10)
         try:
             self.request.do_handshake()
-        except (OSError, ssl.SSLError):
+        except (OSError, ssl.SSLError) as exc:
             self.handshake_failed = True
+            self.server.handshake_failed(self.client_address, exc)
         else:
             self.handshake_failed = False
         self.request.settimeout(None)

@@ -201,6 +201,11 @@ class NodeAgent:
 
         return run
 
+    def log(self, line: str) -> None:
+        if self.log_path:
+            with open(self.log_path, "a") as log:
+                log.write(f"{podlib.now()} {line}\n")
+
     def _log_failure(self, exc: BaseException) -> None:
         if not self.log_path:
             return
@@ -310,6 +315,7 @@ class NodeAgent:
                 },
             },
         }
+        self.log(f"registering with the kubelet API on 127.0.0.1:{self._server.server_address[1]}")
         try:
             self.api.request("POST", "/api/v1/nodes", node)
         except ApiStatus as exc:
@@ -462,6 +468,10 @@ class KubeletApiServer(TlsServer):
     def __init__(self, agent: NodeAgent, ctx: ssl.SSLContext) -> None:
         self.agent = agent
         super().__init__(KubeletApiHandler, ctx)
+
+    def handshake_failed(self, client_address: Any, exc: BaseException) -> None:
+        # Only the API server dials here: a failed handshake is a certificate problem worth its line in the log.
+        self.agent.log(f"kubelet API: TLS handshake with {client_address} failed: {exc}")
 
 
 class KubeletApiHandler(TlsHandler):
