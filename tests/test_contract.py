@@ -209,3 +209,20 @@ def test_a_missing_package_is_one_line_that_says_how_to_install(tmp_path, sandbo
     assert run.returncode == ExitCode.USAGE
     assert run.stderr.startswith(f"error: the Python package grpcio is missing from {sys.executable}; install the plugin with krew")
     assert len(run.stderr.splitlines()) == 1 and "Traceback" not in run.stderr
+
+
+def test_sandbox_up_real_without_the_components_is_one_line(tmp_path, monkeypatch) -> None:
+    import io
+
+    from kubectl_grpcprobe.cli import main
+    from kubectl_grpcprobe.render.output import Environment
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # nothing built there
+    for argv, words in (
+        (["sandbox", "up", "--real"], "error: the real control plane is not built: etcd, kube-apiserver, kube-controller-manager, "
+         f"kube-scheduler not built in {tmp_path}/kubectl-grpcprobe/k8s/v1.37.2/bin: run `make k8s` (needs Go)"),
+        (["sandbox", "up", "--real", "--no-kubelet"], "error: --no-kubelet applies to the fake API server only; the real one needs its nodes"),
+    ):
+        out, err = io.StringIO(), io.StringIO()
+        assert main(argv, Environment(stdout=out, stderr=err, colors=False)) == 1
+        assert err.getvalue().splitlines()[0] == words and out.getvalue() == ""
