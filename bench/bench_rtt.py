@@ -92,7 +92,9 @@ def main() -> int:
     parser.add_argument("--rtts", default="0,20,50,100", help="round-trip times in ms")
     parser.add_argument("--pods", type=int, default=200)
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "out" / "rtt.json")
+    parser.add_argument("--fleet-parallel", type=int, help="the fleet's --parallel (default: the plugin's own)")
     args = parser.parse_args()
+    fleet_args = ["--parallel", str(args.fleet_parallel)] if args.fleet_parallel else []
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     if not HEALTH_PROBE.exists():
         print(f"grpc_health_probe is not built ({HEALTH_PROBE}): run `make oracle`", file=sys.stderr)
@@ -132,7 +134,7 @@ def main() -> int:
                     "plugin": lambda env=env: timed([plugin, "test-grpc", "-q"], env),
                     "plugin via kubectl": lambda env=env: timed([kubectl, "grpcprobe", "test-grpc", "-q"], env),
                     "runbook": lambda env=env: runbook(kubectl, env),
-                    "fleet": lambda env=env: timed([plugin, "-l", "app=fleet", "-q"], env, expect=4),
+                    "fleet": lambda env=env: timed([plugin, "-l", "app=fleet", "-q", *fleet_args], env, expect=4),
                 }
                 for run in commands.values():  # warm each once (page cache, kubectl's discovery cache)
                     run()
