@@ -65,7 +65,7 @@ def test_text_explains_a_disagreement_and_costs_nothing_otherwise() -> None:
     ), run.err
 
 
-def test_killing_events_of_a_liveness_probe(sandbox) -> None:
+def test_killing_events_of_a_liveness_probe() -> None:
     with Sandbox([], kubelet_time_scale=0.05) as sb:
         sb.apply(pod_manifest("live", [agnhost_container(livenessProbe={"grpc": {"port": 5000}, "failureThreshold": 1})]))
         sb.wait_for_pod("live", lambda pod: True)

@@ -87,7 +87,7 @@ class KubeletEvent:
             return "?"
         seconds = int(ago)
         for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-            if seconds >= size * 2 or (unit == "m" and seconds >= 120):
+            if seconds >= 2 * size:
                 return f"{seconds // size}{unit}"
         return f"{seconds}s"
 

@@ -101,6 +101,7 @@ class Sandbox:
 
     def start(self) -> Sandbox:
         from .certs import make_pki
+        from .local import write_private
 
         self._tmp = tempfile.mkdtemp(prefix="grpcprobe-sandbox-")
         pki = make_pki()
@@ -108,9 +109,7 @@ class Sandbox:
         cert_file = Path(self._tmp, "server.crt")
         key_file = Path(self._tmp, "server.key")
         cert_file.write_bytes(pki.cert_pem)
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(pki.key_pem)
+        write_private(key_file, pki.key_pem)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(cert_file, key_file)
         ctx.set_alpn_protocols(["http/1.1"])
@@ -180,32 +179,14 @@ class Sandbox:
         }
 
     def kubeconfig(self, *, user: str = "sandbox-admin", server: str | None = None) -> dict[str, Any]:
-        import base64
+        from .local import kubeconfig
 
-        ca = base64.b64encode(self.ca_pem).decode()
-        contexts = {"sandbox": "sandbox-admin", "sandbox-no-get-pods": "sandbox-no-get-pods", "sandbox-no-portforward": "sandbox-no-portforward"}
-        return {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "sandbox", "cluster": {"server": server or self.server_url, "certificate-authority-data": ca}}],
-            "users": [{"name": u.name, "user": {"token": u.token}} for u in self.users.values()],
-            "contexts": [
-                {"name": name, "context": {"cluster": "sandbox", "user": u, "namespace": "default"}}
-                for name, u in contexts.items()
-            ],
-            "current-context": next(name for name, u in contexts.items() if u == user),
-            "preferences": {},
-        }
+        return kubeconfig(server or self.server_url, self.ca_pem, {u.name: u.token for u in self.users.values()}, user)
 
     def write_kubeconfig(self, path: str | os.PathLike[str], **kwargs: Any) -> str:
-        import yaml
+        from .local import write_kubeconfig
 
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        if hasattr(os, "fchmod"):  # an existing file keeps its mode through O_CREAT: it holds a token, so 0600
-            os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            yaml.safe_dump(self.kubeconfig(**kwargs), fh, sort_keys=False)
-        return str(path)
+        return write_kubeconfig(path, self.kubeconfig(**kwargs))
 
     # -- authn / authz ---------------------------------------------------------------------
 
@@ -303,40 +284,18 @@ class Sandbox:
 
     def apply(self, manifest: str | os.PathLike[str] | dict[str, Any]) -> list[dict[str, Any]]:
         """Create every object of a manifest (a dict, or a YAML file of one or more documents)."""
-        import yaml
+        from .local import manifest_objects
 
-        if isinstance(manifest, dict):
-            docs = [manifest]
-            where = "the manifest"
-        else:
-            where = str(manifest)
-            with open(manifest) as fh:
-                docs = [d for d in yaml.safe_load_all(fh) if d]
         created = []
-        for number, doc in enumerate(docs, 1):
-            if not isinstance(doc, dict):
-                raise ValueError(f"{where}: document {number} is not a Kubernetes object (a YAML mapping)")
-            if doc.get("kind") == "List":
-                for item in doc.get("items") or []:
-                    created += self.apply(item)
-                continue
-            from .apiserver.api import KIND_RESOURCE
-
-            kind = doc.get("kind")
-            resource = KIND_RESOURCE.get(kind)
-            if resource is None:
-                raise ValueError(f"{where}: document {number}: the sandbox does not serve kind {kind!r}")
-            meta = doc.get("metadata")
-            if not isinstance(meta, dict) or not (meta.get("name") or meta.get("generateName")):
-                raise ValueError(f"{where}: document {number} ({kind}): metadata.name is required")
-            ns = meta.get("namespace") or "default"
+        for where, doc, resource in manifest_objects(manifest):
+            ns = doc["metadata"].get("namespace") or "default"
             if resource != "namespaces" and self.store.get("namespaces", "", ns) is None:
                 self._create_namespace(ns)
             try:
                 created.append(self.create(resource, doc, ns))
             except (KeyError, TypeError, AttributeError) as exc:
                 what = f"missing field {exc.args[0]!r}" if isinstance(exc, KeyError) else "a field has the wrong type"
-                raise ValueError(f"{where}: document {number} ({kind} {meta.get('name')}): {what}") from None
+                raise ValueError(f"{where}: {what}") from None
         return created
 
     # -- test controls -----------------------------------------------------------------------

@@ -21,7 +21,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -30,6 +29,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from .local import free_port, write_private
 
 VERSION = "v1.37.2"  # hack/k8s/build.sh pins the same
 SERVICE_CIDR = "10.96.0.0/16"
@@ -65,19 +66,6 @@ def find_binaries(names: tuple[str, ...] = COMPONENTS) -> dict[str, Path]:
     if missing:
         raise ComponentsMissing(f"{', '.join(missing)} not built in {bin_dir()}: run `make k8s` (needs Go)")
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def write_private(path: Path, data: bytes) -> Path:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    return path
 
 
 class ControlPlane:
@@ -229,25 +217,14 @@ class ControlPlane:
         return {"cert": client[0], "key": client[1], "serving_cert": serving[0], "serving_key": serving[1], "ca": self.dir / "ca.crt"}
 
     def kubeconfig(self, *, user: str = "sandbox-admin", server: str | None = None) -> dict[str, Any]:
-        import base64
+        from .local import kubeconfig
 
-        ca = base64.b64encode(self.ca_pem).decode()
-        contexts = {"sandbox": "sandbox-admin", **{name: name for name in _EVERYTHING_BUT}}
-        return {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "sandbox", "cluster": {"server": server or self.server_url, "certificate-authority-data": ca}}],
-            "users": [{"name": name, "user": {"token": token}} for name, token in self.tokens.items()],
-            "contexts": [{"name": name, "context": {"cluster": "sandbox", "user": u, "namespace": "default"}} for name, u in contexts.items()],
-            "current-context": next(name for name, u in contexts.items() if u == user),
-            "preferences": {},
-        }
+        return kubeconfig(server or self.server_url, self.ca_pem, self.tokens, user)
 
     def write_kubeconfig(self, path: str | os.PathLike[str], **kwargs: Any) -> str:
-        import yaml
+        from .local import write_kubeconfig
 
-        write_private(Path(path), yaml.safe_dump(self.kubeconfig(**kwargs), sort_keys=False).encode())
-        return str(path)
+        return write_kubeconfig(path, self.kubeconfig(**kwargs))
 
     def ssl_context(self, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cadata=self.ca_pem.decode())

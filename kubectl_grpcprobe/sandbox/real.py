@@ -92,33 +92,17 @@ class RealSandbox:
 
     def apply(self, manifest: str | os.PathLike[str] | dict[str, Any]) -> list[dict[str, Any]]:
         """Create every object of a manifest through the real API (namespaces made as needed)."""
-        import yaml
+        from .apiserver.api import GROUPS, RESOURCE_GROUP
+        from .local import manifest_objects
 
-        from .apiserver.api import GROUPS, KIND_RESOURCE, RESOURCE_GROUP
-
-        if isinstance(manifest, dict):
-            docs, where = [manifest], "the manifest"
-        else:
-            where = str(manifest)
-            docs = [d for d in yaml.safe_load_all(Path(manifest).read_text()) if d]
         created = []
-        for number, doc in enumerate(docs, 1):
-            if not isinstance(doc, dict):
-                raise ValueError(f"{where}: document {number} is not a Kubernetes object (a YAML mapping)")
-            if doc.get("kind") == "List":
-                for item in doc.get("items") or []:
-                    created += self.apply(item)
-                continue
-            resource = KIND_RESOURCE.get(doc.get("kind", ""))
-            if resource is None:
-                raise ValueError(f"{where}: document {number}: kind {doc.get('kind')!r} is not one the sandbox knows")
+        for _, doc, resource in manifest_objects(manifest):
             gv = RESOURCE_GROUP[resource]
-            namespaced = GROUPS[gv][resource][1]
             prefix = "/api/v1" if gv == "v1" else f"/apis/{gv}"
-            if not namespaced:
+            if not GROUPS[gv][resource][1]:  # cluster-scoped
                 created.append(self.request("POST", f"{prefix}/{resource}", doc))
                 continue
-            namespace = (doc.get("metadata") or {}).get("namespace") or "default"
+            namespace = doc["metadata"].get("namespace") or "default"
             self.ensure_namespace(namespace)
             created.append(self.request("POST", f"{prefix}/namespaces/{namespace}/{resource}", doc))
         return created

@@ -426,7 +426,7 @@ class NodeAgent:
     def _terminate(self, pod: dict[str, Any]) -> None:
         namespace, name = _key(pod)
         with self._lock:
-            was_running = _key(pod) in self._running
+            was_running = (namespace, name) in self._running
         if was_running:
             for c in podlib.all_containers(pod):
                 self.record_event(pod, c["name"], "Normal", "Killing", f"Stopping container {c['name']}")

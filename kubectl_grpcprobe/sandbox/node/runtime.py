@@ -58,8 +58,10 @@ class AgnhostProcess:
         """args: the container's flags, parsed (agnhost.parse_args); --enable-watch is ours alone and is dropped."""
         import subprocess
 
+        from ..local import free_port
+
         self.binary, self.args = binary, args
-        self.port, self.http_port = _free_port(), _free_port()
+        self.port, self.http_port = free_port(), free_port()
         argv = [binary, "grpc-health-checking", f"--port={self.port}", f"--http-port={self.http_port}"]
         argv += [f"--service={args.service}", f"--delay-unhealthy-sec={args.delay_unhealthy_sec}"]
         if args.tls_cert_file:
@@ -108,14 +110,6 @@ class AgnhostProcess:
             self._proc.wait(5)
         except subprocess.TimeoutExpired:
             pass
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Runtime:
