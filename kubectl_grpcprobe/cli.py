@@ -248,9 +248,9 @@ def add_selection_flags(parser: argparse.ArgumentParser) -> argparse._ArgumentGr
 
 def add_output_flags(parser: argparse.ArgumentParser) -> None:
     out = parser.add_argument_group("output")
-    out.add_argument("-o", "--output", choices=("text", "wide", "json"), default="text", help="text (default), wide or json")
+    out.add_argument("-o", "--output", choices=("text", "wide", "json"), default="text", help="text (default), wide or json; wide and json add the kubelet's recent Unhealthy/Killing events")
     out.add_argument("-q", "--quiet", action="store_true", help="print no results, the exit code tells (errors still go to stderr)")
-    out.add_argument("-v", "--verbose", action="store_true", help="trace configuration, API requests and the tunnel on stderr (never credentials)")
+    out.add_argument("-v", "--verbose", action="store_true", help="trace configuration, API requests, the tunnel and the gRPC level (dial, :authority, states, status, trailers) on stderr, never credentials")
 
 
 def toggle_parser() -> Parser:
