@@ -222,3 +222,55 @@ def test_sandbox_stop_leaves_nothing_behind() -> None:
     assert not leftover, leftover
     assert _listening_inodes() == before_sockets
     assert not tmp.exists()
+
+
+def _tls_to(sandbox: Sandbox):
+    import socket
+
+    ctx = ssl.create_default_context(cadata=sandbox.ca_pem.decode())
+    return ctx.wrap_socket(socket.create_connection(("127.0.0.1", sandbox.port), timeout=10), server_hostname="127.0.0.1")
+
+
+def _read_response(sock) -> tuple[bytes, bytes]:
+    """One response's head and its Content-Length body, read off the socket."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next((line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), b"0"))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head, body
+
+
+def test_pipelined_requests_on_one_connection_are_each_answered(sandbox) -> None:
+    """The server reads a connection's requests in records, not bytes; a second request already read with the
+    first is kept for its turn, not lost."""
+    token = sandbox.users["sandbox-admin"].token
+    one = f"GET /api/v1/namespaces/default/pods/test-grpc HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
+    with _tls_to(sandbox) as sock:
+        sock.sendall((one + one.replace("pods/test-grpc", "pods/nope")).encode())  # one write: one TLS record
+        first, body = _read_response(sock)
+        assert first.startswith(b"HTTP/1.1 200") and json.loads(body)["metadata"]["name"] == "test-grpc"
+        second, body = _read_response(sock)
+        assert second.startswith(b"HTTP/1.1 404") and json.loads(body)["reason"] == "NotFound"
+
+
+def test_bytes_sent_before_the_101_are_refused_not_lost(sandbox) -> None:
+    """A client must wait for the 101 (RFC 6455 4.1). One that does not would have its first frames swallowed;
+    the sandbox says so instead."""
+    token = sandbox.users["sandbox-admin"].token
+    request = (
+        "GET /api/v1/namespaces/default/pods/test-grpc/portforward?ports=5000 HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {token}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: v4.channel.k8s.io\r\n\r\n"
+    )
+    from kubectl_grpcprobe.wire import wsframe
+
+    with _tls_to(sandbox) as sock:
+        sock.sendall(request.encode() + wsframe.encode_frame(wsframe.OP_BINARY, b"\x00PRI", mask=True))
+        head, body = _read_response(sock)
+    assert head.startswith(b"HTTP/1.1 400"), head
+    assert body == b"unable to upgrade: the client sent data before the upgrade was answered"

@@ -30,8 +30,16 @@ def offered(handler: Any, header: str) -> list[str]:
     return [p.strip() for value in handler.headers.get_all(header) or [] for p in value.split(",") if p.strip()]
 
 
+def refuse_early_data(handler: Any) -> None:
+    """A client must wait for the 101 before it speaks the new protocol; bytes that came with the request
+    would otherwise be lost, so the sandbox refuses them plainly (Go's servers hand them on; no client does this)."""
+    if handler.rfile.early_data():
+        raise Refused(400, "unable to upgrade: the client sent data before the upgrade was answered")
+
+
 def serve_spdy(handler: Any, net: Any, faults: Faults, stop: threading.Event) -> None:
     """Classic kubectl port-forward (and the API server's leg of the KEP-4006 tunnel): SPDY/3.1 after an HTTP upgrade."""
+    refuse_early_data(handler)
     protocols = offered(handler, "X-Stream-Protocol-Version")
     if spdy.PROTOCOL not in protocols:
         raise Refused(403, f"unable to upgrade: unable to negotiate protocol: client supports {protocols}, server accepts {[spdy.PROTOCOL]}")
@@ -51,6 +59,7 @@ def websocket_protocol(handler: Any) -> str | None:
     A subprotocol it does not speak fails golang.org/x/net/websocket's handshake, which answers
     "403 Forbidden" with no body (wsstream's own error text never reaches the client).
     """
+    refuse_early_data(handler)
     protocols = offered(handler, "Sec-WebSocket-Protocol")
     tunnel = spdy.TUNNEL_PROTOCOL in protocols  # KEP-4006: SPDY inside the WebSocket (kubectl >= 1.31)
     chosen = spdy.TUNNEL_PROTOCOL if tunnel else next((p for p in protocols if p in WEBSOCKET_PROTOCOLS), None)
