@@ -398,3 +398,40 @@ def test_credentials_never_printed(tmp_path, sandbox) -> None:
     assert any("Forbidden" in o for o in outputs) and any("Unauthorized" in o for o in outputs)
     leaked = [o for o in outputs if canary in o or key_canary in o or cert_canary in o or sandbox.ca_pem.decode()[40:80] in o]
     assert not leaked
+
+
+def test_forwards_sharing_one_loop_each_stay_their_own(sandbox, leak_check) -> None:
+    """A fleet's forwards share one TunnelLoop. Each forward still gets a fresh WebSocket per local connection (the
+    second one opened off the loop's thread), stopping one leaves the others working, and closing the loop leaves
+    no thread and no listener."""
+    import http.client
+    import threading
+
+    from kubectl_grpcprobe.kube.client import KubeClient
+    from kubectl_grpcprobe.kube.config import Overrides, load
+    from kubectl_grpcprobe.kube.portforward import port_forward, shared_loop
+    from kubectl_grpcprobe.kubelet.probe import check
+
+    def http_status(port: int) -> int:  # agnhost's HTTP side: one connection, one request
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("GET", "/make-serving")
+            return conn.getresponse().status
+        finally:
+            conn.close()
+
+    client = KubeClient(load(Overrides(kubeconfig=sandbox.kubeconfig_path)))
+    try:
+        with shared_loop() as loop:
+            with port_forward(client, "default", "test-grpc", 5000, timeout=10, loop=loop) as grpc_fwd:
+                with port_forward(client, "default", "test-grpc", 8080, timeout=10, loop=loop) as http_fwd:
+                    threads = [t.name for t in threading.enumerate() if t.name == "grpcprobe-portforward"]
+                    assert threads == ["grpcprobe-portforward"]  # one loop thread for both
+                    assert [http_status(http_fwd.local_port) for _ in range(3)] == [200, 200, 200]  # 2nd and 3rd: new WebSockets
+                    first = check(f"127.0.0.1:{grpc_fwd.local_port}", service="", timeout_ns=5 * 10**9, user_agent="kube-probe/1.37")
+                # the HTTP forward is gone; the gRPC one works on, through the same loop
+                second = check(f"127.0.0.1:{grpc_fwd.local_port}", service="", timeout_ns=5 * 10**9, user_agent="kube-probe/1.37")
+            assert (first.success, second.success) == (True, True)
+            assert not grpc_fwd.errors and not http_fwd.errors
+    finally:
+        client.close()

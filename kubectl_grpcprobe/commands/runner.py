@@ -157,9 +157,10 @@ def resolve_for(pod: dict[str, Any], options: ProbeOptions) -> list[Target]:
 
 
 def probe_targets(
-    client: KubeClient, pod: dict[str, Any], targets: list[Target], agent: str, *, api_ms: float, tunnel_timeout: float | None = None
+    client: KubeClient, pod: dict[str, Any], targets: list[Target], agent: str, *, api_ms: float, tunnel_timeout: float | None = None,
+    loop: Any = None,
 ) -> list[Report]:
-    """Forward each port of a running pod once and run its targets through it."""
+    """Forward each port of a running pod once and run its targets through it (loop: a fleet's shared TunnelLoop)."""
     from ..kube.portforward import port_forward
 
     namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
@@ -170,7 +171,7 @@ def probe_targets(
     for target in targets:
         by_port.setdefault(target.port, []).append(target)
     for port, group in by_port.items():
-        with port_forward(client, namespace, name, port, timeout=tunnel_timeout or client.timeout or 30.0) as fwd:
+        with port_forward(client, namespace, name, port, timeout=tunnel_timeout or client.timeout or 30.0, loop=loop) as fwd:
             for target in group:
                 reports.append(
                     run_target(fwd, namespace, name, ip, target, agent, api_ms=api_ms, notes=terminating, trace=client.trace if client.tracing else None)

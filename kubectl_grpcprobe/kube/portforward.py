@@ -7,13 +7,14 @@ Every local TCP connection gets its own WebSocket (the protocol carries one conn
 per WebSocket), so each probe execution is a fresh connection end to end, as the kubelet's is.
 The first WebSocket is opened before the context is entered: RBAC and "no host" errors surface
 as exceptions there, and its set-up time is measured apart from the probe's deadline.
-One thread runs a selector loop over the listener and every pair; leaving the context closes
-every socket and joins the thread.
+One thread (a TunnelLoop) runs a selector loop over the listener and every pair; a fleet shares one
+among all its forwards. Leaving the context closes every socket of the forward, and its own loop's thread.
 """
 
 from __future__ import annotations
 
 import base64
+import collections
 import selectors
 import socket
 import struct
@@ -81,85 +82,188 @@ class _Pair:
         return payload[0], payload[1:]
 
 
+class TunnelLoop:
+    """One selector thread that bridges the local connections of any number of forwards.
+
+    A single probe gets a loop of its own. A fleet shares one among all its pods: with a thread per forward,
+    the GIL handoffs between dozens of bridge threads, each woken for every chunk, cost more CPU than the
+    bridging itself (bench/RESULTS.md). Nothing in the loop waits on the network except a send the kernel cannot
+    take at once, which a tunnel's few hundred bytes of gRPC never meet; opening a second WebSocket for a
+    forward happens in a helper thread. A bug in one forward's handling is that forward's failure, not the loop's.
+    """
+
+    def __init__(self) -> None:
+        self.sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self.sel.register(self._wake_r, selectors.EVENT_READ, None)
+        self._commands: collections.deque[Callable[[], None]] = collections.deque()
+        self._lock = threading.Lock()
+        self.bridges: set[_Bridge] = set()
+        self._closed = threading.Event()
+        self._thread = stop.spawn(self._run, name="grpcprobe-portforward")
+
+    def call(self, command: Callable[[], None]) -> bool:
+        """Run `command` in the loop's thread, soon (the only thread that touches the selector and the pairs);
+        False when the loop is closed and will run nothing more."""
+        with self._lock:
+            if self._closed.is_set():
+                return False
+            self._commands.append(command)
+        self._wake()
+        return True
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # a bug in the loop itself: every forward it held reports it
+            for bridge in list(self.bridges):
+                bridge.failure = exc
+        finally:
+            self._run_commands()  # queued before the close: a detach someone waits for, an adoption to undo
+            for bridge in list(self.bridges):
+                bridge.detach()
+            self.sel.close()
+
+    def join(self) -> None:
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._closed.is_set():
+            # Bytes OpenSSL already decrypted do not wake select(): poll instead while any are held
+            # (reads are capped, so a flood leaves some there on purpose).
+            backlog = [(bridge, pair) for bridge in self.bridges for pair in bridge.pairs if has_pending(pair.ws.sock)]
+            for bridge, pair in backlog:
+                self._dispatch(bridge, lambda b=bridge, p=pair: b.from_remote(p) if p in b.pairs else None)
+            for key, _ in self.sel.select(0 if backlog else None):
+                if key.data is None:
+                    self._run_commands()
+                    continue
+                bridge, what = key.data
+                if bridge not in self.bridges:  # removed earlier in this same batch
+                    continue
+                if what == "accept":
+                    self._dispatch(bridge, bridge.accept)
+                else:
+                    pair, side = what
+                    if pair in bridge.pairs:
+                        self._dispatch(bridge, lambda b=bridge, p=pair, s=side: (b.from_local if s == "local" else b.from_remote)(p))
+
+    def _run_commands(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        while self._commands:
+            command = self._commands.popleft()
+            try:
+                command()
+            except Exception:  # a command is one forward's business: the others' go on
+                pass
+
+    def _dispatch(self, bridge: _Bridge, handler: Callable[[], None]) -> None:
+        try:
+            handler()
+        except BaseException as exc:  # a bug: this forward's, surfaced when its context exits
+            bridge.failure = exc
+            bridge.detach()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed.set()
+        self._wake()
+        self.join()
+        self._wake_r.close()
+        self._wake_w.close()
+
+
+@contextmanager
+def shared_loop() -> Iterator[TunnelLoop]:
+    """A TunnelLoop for many forwards (a fleet run); closed, with anything still bridged, on exit."""
+    loop = TunnelLoop()
+    try:
+        yield loop
+    finally:
+        loop.close()
+
+
 class _Bridge:
-    def __init__(self, client: KubeClient, path: str, port: int, timeout: float, forward: Forward) -> None:
+    """One forward: its listener, the WebSocket opened ahead for the first connection, and its pairs, all
+    driven by a TunnelLoop's thread."""
+
+    def __init__(self, client: KubeClient, path: str, port: int, timeout: float, forward: Forward, loop: TunnelLoop) -> None:
         self.client = client
         self.path = path
         self.port = port
         self.timeout = timeout
         self.forward = forward
+        self.loop = loop
         self.failure: BaseException | None = None
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.listener.bind(("127.0.0.1", 0))  # loopback only, and port 0: the kernel picks, no races
         self.listener.listen(16)
         self.listener.setblocking(False)
         forward.local_port = self.listener.getsockname()[1]
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._stop = threading.Event()
         self._spare: tuple[socket.socket, str, bytes] | None = None
-        self._pairs: list[_Pair] = []
-        self._thread = stop.thread(self._run, name=f"grpcprobe-portforward-{port}")
+        self.pairs: list[_Pair] = []
+        self._detached = threading.Event()
+        self._stopping = False
 
     def open_websocket(self) -> tuple[socket.socket, str, bytes]:
         return self.client.upgrade_websocket(self.path, [("ports", self.port)], PROTOCOLS, self.timeout)
 
     def start(self) -> None:
         self._spare = self.open_websocket()
-        self._thread.start()
+        self.loop.call(self._attach)
+
+    def _attach(self) -> None:
+        if self._stopping:
+            return
+        self.loop.bridges.add(self)
+        self.loop.sel.register(self.listener, selectors.EVENT_READ, (self, "accept"))
+
+    def detach(self) -> None:
+        """In the loop's thread: unregister and close everything of this forward."""
+        self.loop.bridges.discard(self)
+        for sock in [self.listener] + [s for pair in self.pairs for s in (pair.local, pair.ws.sock)]:
+            try:
+                self.loop.sel.unregister(sock)
+            except (KeyError, ValueError, RuntimeError):  # never registered, or the loop's selector is closed
+                pass
+        for pair in self.pairs:
+            pair.ws.close()
+            pair.local.close()
+        self.pairs.clear()
+        self._detached.set()
 
     def stop(self) -> None:
-        self._stop.set()
-        try:
-            self._wake_w.send(b"x")
-        except OSError:
-            pass
-        for pair in list(self._pairs):
-            try:  # unblocks a sendall to a local client that stopped reading, so the join is prompt
+        self._stopping = True
+        for pair in list(self.pairs):
+            try:  # unblocks a sendall to a local client that stopped reading, so the loop gets to the detach
                 pair.local.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        if self._thread.is_alive():
-            self._thread.join()
-        for pair in self._pairs:
-            pair.ws.close()
-            pair.local.close()
-        self._pairs.clear()
+        if not self.loop.call(self.detach):  # the loop is closing: its last act detaches whatever it still holds
+            self.loop.join()
+            if not self._detached.is_set():
+                self.detach()
+        self._detached.wait()
         if self._spare is not None:
             self._spare[0].close()
             self._spare = None
         self.listener.close()
-        self._wake_r.close()
-        self._wake_w.close()
 
-    # -- the loop ------------------------------------------------------------------------------
+    # -- in the loop's thread -------------------------------------------------------------------
 
-    def _run(self) -> None:
-        sel = selectors.DefaultSelector()
-        try:
-            sel.register(self.listener, selectors.EVENT_READ, "accept")
-            sel.register(self._wake_r, selectors.EVENT_READ, "wake")
-            while not self._stop.is_set():
-                # Bytes OpenSSL already decrypted do not wake select(): poll instead while any are held
-                # (reads are capped, so a flood leaves some there on purpose).
-                backlog = [pair for pair in self._pairs if has_pending(pair.ws.sock)]
-                for pair in backlog:
-                    if pair in self._pairs:
-                        self._from_remote(sel, pair)
-                for key, _ in sel.select(0 if backlog else None):
-                    if key.data == "wake":
-                        return
-                    if key.data == "accept":
-                        self._accept(sel)
-                    else:
-                        pair, side = key.data
-                        if pair in self._pairs:
-                            (self._from_local if side == "local" else self._from_remote)(sel, pair)
-        except BaseException as exc:  # surfaced by the context manager, never swallowed
-            self.failure = exc
-        finally:
-            sel.close()
-
-    def _accept(self, sel: selectors.BaseSelector) -> None:
+    def accept(self) -> None:
         try:
             local, _ = self.listener.accept()
         except BlockingIOError:
@@ -170,28 +274,43 @@ class _Bridge:
         if self._spare is not None:
             sock, protocol, rest = self._spare
             self._spare = None
-        else:
+            self._adopt(local, sock, protocol, rest)
+            return
+
+        def open_for_it() -> None:  # a network round trip or two: never in the loop's thread
             try:
                 sock, protocol, rest = self.open_websocket()
             except Exception as exc:
-                self.forward.note(str(exc))
-                local.close()
+                text = str(exc)
+                if not self.loop.call(lambda: (self.forward.note(text), local.close())):
+                    local.close()
                 return
+            if not self.loop.call(lambda: self._adopt(local, sock, protocol, rest)):
+                local.close()
+                sock.close()
+
+        stop.spawn(open_for_it, name=f"grpcprobe-portforward-open-{self.port}")
+
+    def _adopt(self, local: socket.socket, sock: socket.socket, protocol: str, rest: bytes) -> None:
+        if self not in self.loop.bridges:  # stopped meanwhile
+            local.close()
+            sock.close()
+            return
         ws = wsframe.WebSocket(sock, client=True)
         pair = _Pair(local, ws, protocol == "v4.base64.channel.k8s.io", self.port)
-        self._pairs.append(pair)
-        sel.register(local, selectors.EVENT_READ, (pair, "local"))
-        sel.register(sock, selectors.EVENT_READ, (pair, "remote"))
+        self.pairs.append(pair)
+        self.loop.sel.register(local, selectors.EVENT_READ, (self, (pair, "local")))
+        self.loop.sel.register(sock, selectors.EVENT_READ, (self, (pair, "remote")))
         if rest:  # frames that arrived with the upgrade response
-            self._receive(sel, pair, lambda: ws.feed(rest))
+            self._receive(pair, lambda: ws.feed(rest))
 
-    def _close_pair(self, sel: selectors.BaseSelector, pair: _Pair, *, dropped: bool = False) -> None:
-        if pair not in self._pairs:
+    def _close_pair(self, pair: _Pair, *, dropped: bool = False) -> None:
+        if pair not in self.pairs:
             return
-        self._pairs.remove(pair)
+        self.pairs.remove(pair)
         for sock in (pair.local, pair.ws.sock):
             try:
-                sel.unregister(sock)
+                self.loop.sel.unregister(sock)
             except (KeyError, ValueError):
                 pass
         if dropped:
@@ -201,39 +320,39 @@ class _Bridge:
             pair.ws.close()
         pair.local.close()
 
-    def _from_local(self, sel: selectors.BaseSelector, pair: _Pair) -> None:
+    def from_local(self, pair: _Pair) -> None:
         try:
             data = pair.local.recv(65536)
         except OSError:
             data = b""
         if not data:
             # The protocol has no half-close: the forward of this connection is over.
-            self._close_pair(sel, pair)
+            self._close_pair(pair)
             return
         try:
             pair.send_local_data(data)
         except (OSError, TimeoutError):
-            self._close_pair(sel, pair, dropped=True)
+            self._close_pair(pair, dropped=True)
 
-    def _from_remote(self, sel: selectors.BaseSelector, pair: _Pair) -> None:
-        self._receive(sel, pair, pair.ws.receive)
+    def from_remote(self, pair: _Pair) -> None:
+        self._receive(pair, pair.ws.receive)
 
-    def _receive(self, sel: selectors.BaseSelector, pair: _Pair, read: Callable[[], list[tuple[int, bytes]]]) -> None:
+    def _receive(self, pair: _Pair, read: Callable[[], list[tuple[int, bytes]]]) -> None:
         try:
             messages = read()
         except wsframe.ConnectionClosed as closed:
             self._note_close(pair)
-            self._close_pair(sel, pair, dropped=closed.code is None)
+            self._close_pair(pair, dropped=closed.code is None)
             return
         except (OSError, wsframe.ProtocolError) as exc:
             if isinstance(exc, wsframe.ProtocolError):
                 self.forward.note(f"port-forward stream error: {exc}")
-            self._close_pair(sel, pair, dropped=True)
+            self._close_pair(pair, dropped=True)
             return
-        self._handle_messages(sel, pair, messages)
+        self._handle_messages(pair, messages)
         if pair.ws.peer_closed:
             self._note_close(pair)
-            self._close_pair(sel, pair)
+            self._close_pair(pair)
 
     def _note_close(self, pair: _Pair) -> None:
         """A close other than normal (1000) or going-away (1001) says why the API server ended the stream."""
@@ -241,26 +360,26 @@ class _Bridge:
         if code is not None and code not in (1000, 1001, 1005):
             self.forward.note(f"port-forward: the API server closed the stream with code {code}" + (f": {reason}" if reason else ""))
 
-    def _handle_messages(self, sel: selectors.BaseSelector, pair: _Pair, messages: list[tuple[int, bytes]]) -> None:
+    def _handle_messages(self, pair: _Pair, messages: list[tuple[int, bytes]]) -> None:
         for opcode, payload in messages:
             try:
                 decoded = pair.decode(opcode, payload)
             except wsframe.ProtocolError as exc:
                 self.forward.note(str(exc))
-                self._close_pair(sel, pair, dropped=True)
+                self._close_pair(pair, dropped=True)
                 return
             if decoded is None:
                 continue
             channel, data = decoded
             if channel not in (0, 1):
                 self.forward.note(f"port-forward stream error: unexpected channel {channel}")
-                self._close_pair(sel, pair, dropped=True)
+                self._close_pair(pair, dropped=True)
                 return
             if not pair.preamble[channel]:
                 # The first message on each channel is the port number, little-endian.
                 if len(data) < 2 or struct.unpack("<H", data[:2])[0] != self.port:
                     self.forward.note(f"port-forward stream error: bad port preamble on channel {channel}")
-                    self._close_pair(sel, pair, dropped=True)
+                    self._close_pair(pair, dropped=True)
                     return
                 pair.preamble[channel] = True
                 data = data[2:]
@@ -274,34 +393,43 @@ class _Bridge:
             try:
                 pair.local.sendall(data)
             except OSError:
-                self._close_pair(sel, pair)
+                self._close_pair(pair)
                 return
 
 
 @contextmanager
-def port_forward(client: KubeClient, namespace: str, pod: str, port: int, *, timeout: float) -> Iterator[Forward]:
-    """Forward 127.0.0.1:<ephemeral> to `port` of the pod; raises ApiError/ConnectError if the upgrade fails."""
+def port_forward(
+    client: KubeClient, namespace: str, pod: str, port: int, *, timeout: float, loop: TunnelLoop | None = None
+) -> Iterator[Forward]:
+    """Forward 127.0.0.1:<ephemeral> to `port` of the pod; raises ApiError/ConnectError if the upgrade fails.
+
+    `loop`: a shared TunnelLoop (fleets); without one, the forward gets a loop of its own."""
     path = f"/api/v1/namespaces/{quote(namespace, safe='')}/pods/{quote(pod, safe='')}/portforward"
     start = time.perf_counter()
     forward = Forward(local_port=0, setup_ms=0.0)
-    bridge = _Bridge(client, path, port, timeout, forward)
+    own = loop is None
+    bridge = _Bridge(client, path, port, timeout, forward, loop or TunnelLoop())
     try:
-        bridge.start()
-    except ApiError as err:
-        bridge.stop()
-        if err.code == 403:
-            raise ApiError(403, err.reason, f"{err.message}; {RBAC_HINT}") from None
-        raise
-    except BaseException:
-        bridge.stop()
-        raise
-    forward.setup_ms = (time.perf_counter() - start) * 1000
-    try:
-        yield forward
+        try:
+            bridge.start()
+        except ApiError as err:
+            bridge.stop()
+            if err.code == 403:
+                raise ApiError(403, err.reason, f"{err.message}; {RBAC_HINT}") from None
+            raise
+        except BaseException:
+            bridge.stop()
+            raise
+        forward.setup_ms = (time.perf_counter() - start) * 1000
+        try:
+            yield forward
+        finally:
+            bridge.stop()
+            if bridge.failure is not None:  # the loop's own errors are handled per connection: this is a bug
+                raise TunnelError(f"error: the port-forward bridge failed: {bridge.failure!r}") from bridge.failure
     finally:
-        bridge.stop()
-        if bridge.failure is not None:  # the loop's own errors are handled per connection: this is a bug
-            raise TunnelError(f"error: the port-forward bridge failed: {bridge.failure!r}") from bridge.failure
+        if own:
+            bridge.loop.close()
 
 
 @dataclass(frozen=True)
