@@ -192,7 +192,7 @@ def probe_parser() -> Parser:
     fleet.add_argument("-l", "--selector", help="label selector, as kubectl (e.g. app=web,tier!=db)")
     fleet.add_argument("--field-selector", help="field selector, as kubectl (e.g. status.phase=Running)")
     fleet.add_argument("-A", "--all-namespaces", action="store_true", help="select pods in every namespace")
-    fleet.add_argument("--parallel", type=_positive, default=16, metavar="N", help="pods probed at once (default 16)")
+    fleet.add_argument("--parallel", type=_positive, default=48, metavar="N", help="pods probed at once (default 48)")
     fleet.add_argument("--deadline", type=_duration, metavar="DURATION", help="overall time limit, tunnels and checks in flight included; pods not done by then are reported as deadline exceeded")
     sel = add_selection_flags(parser)
     sel.add_argument("--port", type=_port, help="check this port directly (ad hoc; beyond the pod's own probes)")
