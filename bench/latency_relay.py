@@ -150,7 +150,7 @@ class LatencyRelay:
 
     def _maybe_close(self, direction: _Direction) -> None:
         """Both directions delivered their EOF: the connection is over."""
-        up, down = self._socks.get(direction.src) or [direction, direction]
+        up, down = self._socks[direction.src]
         if up.done and down.done:
             for sock in (up.src, up.dst):
                 self._socks.pop(sock, None)

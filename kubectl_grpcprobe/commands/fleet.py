@@ -202,58 +202,55 @@ def probe_fleet(
             arrived.set()
 
     probed = len(waiting)
-    from ..kube.portforward import TunnelLoop
+    from ..kube.portforward import shared_loop
 
-    with stop.scope() as own:
-        # One bridging thread for every pod's tunnel: a thread per tunnel cost more in GIL handoffs than the bridging.
-        loop = TunnelLoop()
-        try:
-            threads = [stop.spawn(worker, name=f"grpcprobe-fleet-{i}") for i in range(min(max(1, parallel), len(waiting)))]
-            seen = 0
+    # One bridging thread for every pod's tunnel (a thread per tunnel cost more in GIL handoffs than the bridging);
+    # closed after the workers, with whatever a worker cut short still holds.
+    with stop.scope() as own, shared_loop() as loop:
+        threads = [stop.spawn(worker, name=f"grpcprobe-fleet-{i}") for i in range(min(max(1, parallel), len(waiting)))]
+        seen = 0
 
-            def take(until: float | None) -> bool:
-                """Results that arrived, done by `until`; False at the first one done after it (the deadline passed)."""
-                nonlocal seen
-                while seen < len(finished):
-                    key, got, done_at = finished[seen]
-                    seen += 1
-                    if until is not None and done_at > until:
-                        return False
-                    waiting.pop(key, None)
-                    if isinstance(got, BaseException):
-                        run.outcomes.append(PodOutcome(key[0], key[1], f"error: {got!r}", ExitCode.UNREACHABLE))
-                    else:
-                        run.reports += got[0]
-                        run.outcomes += got[1]
-                    if progress:
-                        progress(probed - len(waiting), probed)
-                return True
-
-            try:
-                while waiting:
-                    timeout = None if end is None else end - time.monotonic()
-                    if timeout is not None and timeout <= 0:
-                        run.stopped = stop.DEADLINE
-                        break
-                    if stop.wait(arrived, timeout):  # in slices: a signal is acted on only when the main thread's wait returns
-                        arrived.clear()
-                    if not take(end):
-                        run.stopped = stop.DEADLINE  # done, but after the deadline: not a result
-                        break
-            except (KeyboardInterrupt, Terminated) as exc:
-                run.stopped, run.stopped_by = stop.reason_for(exc), exc
-            if run.stopped:
-                take(end if run.stopped == stop.DEADLINE else time.monotonic())  # what finished before the stop counts
-                own.stop(run.stopped)
-                grace_end = time.monotonic() + 0.5
-                for thread in threads:  # the stop's closers make this quick; bounded all the same
-                    thread.join(max(0.0, grace_end - time.monotonic()))
-                if run.stopped == stop.DEADLINE:
-                    why = f"deadline exceeded: the overall --deadline ({deadline_s:g}s) passed before this pod was done"
+        def take(until: float | None) -> bool:
+            """Results that arrived, done by `until`; False at the first one done after it (the deadline passed)."""
+            nonlocal seen
+            while seen < len(finished):
+                key, got, done_at = finished[seen]
+                seen += 1
+                if until is not None and done_at > until:
+                    return False
+                waiting.pop(key, None)
+                if isinstance(got, BaseException):
+                    run.outcomes.append(PodOutcome(key[0], key[1], f"error: {got!r}", ExitCode.UNREACHABLE))
                 else:
-                    why = f"{run.stopped}: the run was stopped before this pod was done"
-                for namespace, name in waiting:
-                    run.outcomes.append(PodOutcome(namespace, name, f"error: {why}", ExitCode.UNREACHABLE))
-        finally:
-            loop.close()  # after the workers: whatever a worker cut short still holds is closed with it
+                    run.reports += got[0]
+                    run.outcomes += got[1]
+                if progress:
+                    progress(probed - len(waiting), probed)
+            return True
+
+        try:
+            while waiting:
+                timeout = None if end is None else end - time.monotonic()
+                if timeout is not None and timeout <= 0:
+                    run.stopped = stop.DEADLINE
+                    break
+                if stop.wait(arrived, timeout):  # in slices: a signal is acted on only when the main thread's wait returns
+                    arrived.clear()
+                if not take(end):
+                    run.stopped = stop.DEADLINE  # done, but after the deadline: not a result
+                    break
+        except (KeyboardInterrupt, Terminated) as exc:
+            run.stopped, run.stopped_by = stop.reason_for(exc), exc
+        if run.stopped:
+            take(end if run.stopped == stop.DEADLINE else time.monotonic())  # what finished before the stop counts
+            own.stop(run.stopped)
+            grace_end = time.monotonic() + 0.5
+            for thread in threads:  # the stop's closers make this quick; bounded all the same
+                thread.join(max(0.0, grace_end - time.monotonic()))
+            if run.stopped == stop.DEADLINE:
+                why = f"deadline exceeded: the overall --deadline ({deadline_s:g}s) passed before this pod was done"
+            else:
+                why = f"{run.stopped}: the run was stopped before this pod was done"
+            for namespace, name in waiting:
+                run.outcomes.append(PodOutcome(namespace, name, f"error: {why}", ExitCode.UNREACHABLE))
     return run

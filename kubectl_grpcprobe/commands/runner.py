@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import stop
 from ..errors import PodNotRunning
@@ -18,6 +18,9 @@ from ..kubelet import gostr
 from ..kubelet.probe import KUBELET, Outcome, ProbeResult, Tuning, check
 from ..kubelet.report import Report
 from ..kubelet.resolve import Target, resolve
+
+if TYPE_CHECKING:
+    from ..kube.portforward import TunnelLoop
 
 
 @dataclass
@@ -158,7 +161,7 @@ def resolve_for(pod: dict[str, Any], options: ProbeOptions) -> list[Target]:
 
 def probe_targets(
     client: KubeClient, pod: dict[str, Any], targets: list[Target], agent: str, *, api_ms: float, tunnel_timeout: float | None = None,
-    loop: Any = None,
+    loop: TunnelLoop | None = None,
 ) -> list[Report]:
     """Forward each port of a running pod once and run its targets through it (loop: a fleet's shared TunnelLoop)."""
     from ..kube.portforward import port_forward

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import quote
 
 from .. import stop
@@ -97,19 +98,19 @@ class TunnelLoop:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self.sel.register(self._wake_r, selectors.EVENT_READ, None)
-        self._commands: collections.deque[Callable[[], None]] = collections.deque()
+        self._commands: collections.deque[tuple[_Bridge, Callable[[], None]]] = collections.deque()
         self._lock = threading.Lock()
         self.bridges: set[_Bridge] = set()
         self._closed = threading.Event()
         self._thread = stop.spawn(self._run, name="grpcprobe-portforward")
 
-    def call(self, command: Callable[[], None]) -> bool:
-        """Run `command` in the loop's thread, soon (the only thread that touches the selector and the pairs);
-        False when the loop is closed and will run nothing more."""
+    def call(self, bridge: _Bridge, command: Callable[[], None]) -> bool:
+        """Run `command`, for `bridge`, in the loop's thread, soon (the only thread that touches the selector and
+        the pairs); False when the loop is closed and will run nothing more."""
         with self._lock:
             if self._closed.is_set():
                 return False
-            self._commands.append(command)
+            self._commands.append((bridge, command))
         self._wake()
         return True
 
@@ -141,7 +142,8 @@ class TunnelLoop:
             # (reads are capped, so a flood leaves some there on purpose).
             backlog = [(bridge, pair) for bridge in self.bridges for pair in bridge.pairs if has_pending(pair.ws.sock)]
             for bridge, pair in backlog:
-                self._dispatch(bridge, lambda b=bridge, p=pair: b.from_remote(p) if p in b.pairs else None)
+                if pair in bridge.pairs:
+                    self._dispatch(bridge, bridge.from_remote, pair)
             for key, _ in self.sel.select(0 if backlog else None):
                 if key.data is None:
                     self._run_commands()
@@ -154,7 +156,7 @@ class TunnelLoop:
                 else:
                     pair, side = what
                     if pair in bridge.pairs:
-                        self._dispatch(bridge, lambda b=bridge, p=pair, s=side: (b.from_local if s == "local" else b.from_remote)(p))
+                        self._dispatch(bridge, bridge.from_local if side == "local" else bridge.from_remote, pair)
 
     def _run_commands(self) -> None:
         try:
@@ -163,16 +165,12 @@ class TunnelLoop:
         except (BlockingIOError, InterruptedError):
             pass
         while self._commands:
-            command = self._commands.popleft()
-            try:
-                command()
-            except Exception:  # a command is one forward's business: the others' go on
-                pass
+            self._dispatch(*self._commands.popleft())
 
-    def _dispatch(self, bridge: _Bridge, handler: Callable[[], None]) -> None:
+    def _dispatch(self, bridge: _Bridge, handler: Callable[..., None], *args: Any) -> None:
         try:
-            handler()
-        except BaseException as exc:  # a bug: this forward's, surfaced when its context exits
+            handler(*args)
+        except BaseException as exc:  # a bug: this forward's, surfaced when its context exits; the others go on
             bridge.failure = exc
             bridge.detach()
 
@@ -222,7 +220,7 @@ class _Bridge:
 
     def start(self) -> None:
         self._spare = self.open_websocket()
-        self.loop.call(self._attach)
+        self.loop.call(self, self._attach)
 
     def _attach(self) -> None:
         if self._stopping:
@@ -251,7 +249,7 @@ class _Bridge:
                 pair.local.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        if not self.loop.call(self.detach):  # the loop is closing: its last act detaches whatever it still holds
+        if not self.loop.call(self, self.detach):  # the loop is closing: its last act detaches whatever it still holds
             self.loop.join()
             if not self._detached.is_set():
                 self.detach()
@@ -282,10 +280,10 @@ class _Bridge:
                 sock, protocol, rest = self.open_websocket()
             except Exception as exc:
                 text = str(exc)
-                if not self.loop.call(lambda: (self.forward.note(text), local.close())):
+                if not self.loop.call(self, lambda: (self.forward.note(text), local.close())):
                     local.close()
                 return
-            if not self.loop.call(lambda: self._adopt(local, sock, protocol, rest)):
+            if not self.loop.call(self, lambda: self._adopt(local, sock, protocol, rest)):
                 local.close()
                 sock.close()
 

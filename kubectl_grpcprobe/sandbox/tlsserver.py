@@ -124,6 +124,7 @@ class TlsHandler(BaseHTTPRequestHandler):
             self.handshake_failed = False
         self.request.settimeout(None)
         super().setup()
+        self.rfile.close()  # http.server's buffered file would hide bytes past the head from an upgrade
         self.rfile = RequestReader(self.connection)
 
     def handle(self) -> None:
